@@ -1,0 +1,137 @@
+"""crew7: NFT metadata for crews of AI agents, served through a Redis read-through cache."""
+
+import os
+
+from flask import Flask
+
+from crew7.config import ConfigError, DefaultConfig, validate_config
+
+__all__ = ["ConfigError", "create_app"]
+
+_MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
+
+
+def create_app(test_config=None):
+    """Build the application: configuration, extensions, blueprints, hooks, commands."""
+    app = Flask(
+        __name__,
+        instance_relative_config=True,
+        instance_path=os.environ.get("CREW7_INSTANCE_PATH") or None,
+    )
+    load_config(app, test_config)
+    configure_logging(app)
+    register_extensions(app)
+    register_errorhandlers(app)
+    register_blueprints(app)
+    register_hooks(app)
+    register_commands(app)
+    register_proxy_fix(app)
+    start_warming(app)
+    return app
+
+
+def load_config(app, test_config):
+    app.config.from_object(DefaultConfig)
+    app.config.from_pyfile("config.py", silent=True)
+    if os.environ.get("DATABASE_URL"):
+        app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["DATABASE_URL"]
+    if os.environ.get("REDIS_URL"):
+        app.config["REDIS_URL"] = os.environ["REDIS_URL"]
+    app.config.from_prefixed_env("CREW7")
+    if test_config:
+        app.config.update(test_config)
+    if app.config.get("DATABASE_URL"):
+        app.config["SQLALCHEMY_DATABASE_URI"] = app.config["DATABASE_URL"]
+    if not app.config.get("SQLALCHEMY_DATABASE_URI"):
+        os.makedirs(app.instance_path, exist_ok=True)
+        path = os.path.join(app.instance_path, "crew7.sqlite3")
+        app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{path}"
+    app.config["SQLALCHEMY_DATABASE_URI"] = normalise_database_url(
+        app.config["SQLALCHEMY_DATABASE_URI"]
+    )
+    validate_config(app.config)
+    from crew7.services.cache import flask_caching_config
+
+    app.config.update(flask_caching_config(app.config))
+
+
+def configure_logging(app):
+    import logging
+
+    if app.logger.level == logging.NOTSET:
+        app.logger.setLevel(logging.INFO)
+
+
+def normalise_database_url(url):
+    """Map the conventional ``postgres://`` / ``postgresql://`` URLs onto psycopg 3."""
+    if not isinstance(url, str):
+        return url
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def register_extensions(app):
+    from crew7.extensions import api, cache, db, migrate
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=_MIGRATIONS)
+    cache.init_app(app)
+    api.init_app(app)
+    api.spec.components.security_scheme(
+        "bearerAuth", {"type": "http", "scheme": "bearer", "description": "API token"}
+    )
+    from crew7.services.cache import CacheService
+
+    app.extensions["crew7.cache"] = CacheService.from_app(app)
+
+
+def register_errorhandlers(app):
+    from crew7.errors import register_error_handlers
+
+    register_error_handlers(app)
+
+
+def register_blueprints(app):
+    from crew7.crews.views import blp as crews_blp
+    from crew7.extensions import api
+    from crew7.health.views import bp as health_bp
+    from crew7.metadata.views import blp as metadata_blp
+    from crew7.stats.views import blp as stats_blp
+
+    api.register_blueprint(crews_blp)
+    api.register_blueprint(metadata_blp)
+    api.register_blueprint(stats_blp)
+    app.register_blueprint(health_bp)
+    if app.config["BENCH_ROUTES"]:
+        from crew7.health.views import bench_bp
+
+        app.register_blueprint(bench_bp)
+
+
+def register_hooks(app):
+    from crew7.hooks import register_session_hooks
+
+    register_session_hooks(app)
+
+
+def register_commands(app):
+    from crew7.cli import register_cli
+
+    register_cli(app)
+
+
+def register_proxy_fix(app):
+    if app.config["BEHIND_PROXY"]:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        hops = app.config["PROXY_HOPS"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
+
+
+def start_warming(app):
+    if app.config["CACHE_WARM_ON_START"] and not app.testing:
+        from crew7.services.warming import warm_in_background
+
+        warm_in_background(app)

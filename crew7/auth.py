@@ -1,0 +1,55 @@
+"""Bearer-token authentication and the ownership rules."""
+
+import secrets
+from functools import wraps
+
+from flask import g, request
+from flask_smorest import abort
+from sqlalchemy import select
+
+from crew7.extensions import db
+from crew7.models import User, hash_token
+
+
+def new_token():
+    return "c7_" + secrets.token_urlsafe(32)
+
+
+def current_user():
+    """The user the request's bearer token names, None without one; 401 on a bad one."""
+    if "user" in g:
+        return g.user
+    header = request.headers.get("Authorization")
+    user = None
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            abort(401, message="malformed Authorization header: expected 'Bearer <token>'")
+        user = db.session.scalar(select(User).where(User.token_hash == hash_token(token.strip())))
+        if user is None:
+            abort(401, message="invalid token")
+    g.user = user
+    return user
+
+
+def login_required(view):
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        if current_user() is None:
+            abort(401, message="authentication required: send 'Authorization: Bearer <token>'")
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def admin_required(view):
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        user = current_user()
+        if user is None:
+            abort(401, message="authentication required: send 'Authorization: Bearer <token>'")
+        if not user.is_admin:
+            abort(403, message="admin token required")
+        return view(*args, **kwargs)
+
+    return wrapper

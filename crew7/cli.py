@@ -1,0 +1,108 @@
+"""Thin click commands over the services."""
+
+import json
+import time
+
+import click
+from flask import current_app
+from sqlalchemy import select
+
+from crew7.extensions import db
+from crew7.models import User
+
+
+@click.command("create-user")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="May read /cache/stats and other admin routes.")
+def create_user_command(name, admin):
+    """Create a user and print its API token (shown only this once)."""
+    from crew7.services.users import create_user
+
+    if db.session.scalar(select(User).where(User.name == name)):
+        raise click.ClickException(f"user {name!r} already exists")
+    user, token = create_user(name, admin=admin)
+    click.echo(token)
+    click.echo(f"created user {user.name} (id {user.id}{', admin' if admin else ''})", err=True)
+
+
+@click.command("seed-demo")
+@click.option("--users", default=3, show_default=True)
+@click.option("--crews", default=20, show_default=True)
+@click.option("--agents-per-crew", default=3, show_default=True)
+@click.option("--runs-per-crew", default=25, show_default=True)
+@click.option("--private-every", default=5, show_default=True, help="every Nth crew is private")
+@click.option("--seed", default=7, show_default=True)
+def seed_demo_command(users, crews, agents_per_crew, runs_per_crew, private_every, seed):
+    """Create deterministic demo data (bulk inserts)."""
+    from crew7.services.seed import seed_demo
+
+    started = time.perf_counter()
+    summary = seed_demo(users, crews, agents_per_crew, runs_per_crew, private_every, seed)
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    click.echo(json.dumps(summary))
+
+
+@click.command("recompute-stats")
+def recompute_stats_command():
+    """Rebuild every crew's run aggregates from the runs table."""
+    from crew7.services.run_stats import recompute_all_stats
+
+    count = recompute_all_stats()
+    get_cache().invalidate_all_metadata()
+    click.echo(f"recomputed run aggregates of {count} crews")
+
+
+@click.command("warm-cache")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=None,
+    help="How many popular crews (default CACHE_WARM_COUNT).",
+)
+def warm_cache_command(limit):
+    """Warm the most popular crews, their agents and the leaderboards."""
+    from crew7.services.warming import warm_all_caches
+
+    started = time.perf_counter()
+    summary = warm_all_caches(limit)
+    click.echo(f"Cache warming complete: {summary}")
+    click.echo(f"took {time.perf_counter() - started:.2f} s", err=True)
+
+
+@click.command("cache-clear")
+@click.option("--crew", "crew_id", type=int, help="Only this crew's documents.")
+@click.option("--all", "everything", is_flag=True, help="Every metadata and stats document.")
+def cache_clear_command(crew_id, everything):
+    """Invalidate cached documents (SCAN in batches; never FLUSHDB)."""
+    if (crew_id is None) == (not everything):
+        raise click.UsageError("give exactly one of --crew ID or --all")
+    cache = get_cache()
+    if everything:
+        click.echo(f"invalidated {cache.invalidate_all_metadata()} keys")
+    else:
+        ok = cache.invalidate_all_crew_metadata(crew_id)
+        click.echo(f"invalidated crew {crew_id}" + ("" if ok else " (Redis unavailable)"))
+
+
+@click.command("cache-stats")
+def cache_stats_command():
+    """Keys per family and memory used."""
+    click.echo(json.dumps(get_cache().info(), indent=2, default=str))
+
+
+def get_cache():
+    from crew7.services.cache import get_cache_service
+
+    return get_cache_service(current_app)
+
+
+def register_cli(app):
+    for command in (
+        create_user_command,
+        seed_demo_command,
+        recompute_stats_command,
+        warm_cache_command,
+        cache_clear_command,
+        cache_stats_command,
+    ):
+        app.cli.add_command(command)

@@ -1,0 +1,145 @@
+"""Default settings and their validation.
+
+Order of precedence (lowest first): these defaults, ``instance/config.py``, the
+environment (``DATABASE_URL``, ``REDIS_URL`` and ``CREW7_<NAME>``), the test dict.
+Nothing here reads the environment or touches the disk at import time.
+"""
+
+from urllib.parse import urlparse
+
+
+class DefaultConfig:
+    SECRET_KEY = "dev"
+
+    # None means: an SQLite file in the instance folder (resolved by the factory).
+    SQLALCHEMY_DATABASE_URI = None
+    SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+    REDIS_URL = "redis://127.0.0.1:6379/0"
+
+    # Request bodies above this get a 413 before any view runs.
+    MAX_CONTENT_LENGTH = 64 * 1024
+    # Apply werkzeug's ProxyFix (trust one hop of X-Forwarded-*), e.g. behind nginx.
+    BEHIND_PROXY = False
+    PROXY_HOPS = 1
+
+    # NFT documents
+    BASE_URL = "https://app.crew7.ai"
+    CDN_URL = "https://cdn.crew7.ai"
+
+    # Cache: TTLs in seconds and the Redis key namespace ("" = keys exactly as documented).
+    METADATA_CACHE_ENABLED = True
+    METADATA_TTL = 300
+    POPULAR_CREWS_TTL = 600
+    STATS_TTL = 180
+    NEGATIVE_TTL = 30
+    CACHE_NAMESPACE = ""
+    # Redis calls must fail fast: a frozen Redis would otherwise hold a request for a minute.
+    REDIS_SOCKET_TIMEOUT = 0.25
+    REDIS_CONNECT_TIMEOUT = 0.25
+    # Circuit breaker: after this many consecutive Redis failures skip Redis for the cooldown.
+    BREAKER_THRESHOLD = 3
+    BREAKER_COOLDOWN = 5.0
+
+    # Warming at start-up (once per deployment, not per worker).
+    CACHE_WARM_ON_START = True
+    CACHE_WARM_COUNT = 10
+
+    # API
+    PAGE_SIZE_DEFAULT = 20
+    PAGE_SIZE_MAX = 100
+    API_TITLE = "crew7"
+    API_VERSION = "1.0.0"
+    OPENAPI_VERSION = "3.0.3"
+    OPENAPI_URL_PREFIX = "/"
+    OPENAPI_JSON_PATH = "openapi.json"
+
+    # Benchmarks only: exposes /bench/static, a route serving fixed bytes.
+    BENCH_ROUTES = False
+
+
+_INT_SETTINGS = {
+    "METADATA_TTL": 1,
+    "POPULAR_CREWS_TTL": 1,
+    "STATS_TTL": 1,
+    "NEGATIVE_TTL": 1,
+    "CACHE_WARM_COUNT": 0,
+    "MAX_CONTENT_LENGTH": 1,
+    "PAGE_SIZE_DEFAULT": 1,
+    "PAGE_SIZE_MAX": 1,
+    "BREAKER_THRESHOLD": 1,
+    "PROXY_HOPS": 1,
+}
+_FLOAT_SETTINGS = {
+    "REDIS_SOCKET_TIMEOUT": 0.001,
+    "REDIS_CONNECT_TIMEOUT": 0.001,
+    "BREAKER_COOLDOWN": 0.0,
+}
+_BOOL_SETTINGS = (
+    "METADATA_CACHE_ENABLED",
+    "BEHIND_PROXY",
+    "CACHE_WARM_ON_START",
+    "BENCH_ROUTES",
+)
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class ConfigError(RuntimeError):
+    """A setting is invalid; the message names it."""
+
+
+def _coerce_bool(name, value):
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | str) and str(value).strip().lower() in _TRUE | _FALSE:
+        return str(value).strip().lower() in _TRUE
+    raise ConfigError(f"invalid setting {name}={value!r}: expected true or false")
+
+
+def _coerce_number(name, value, kind, minimum):
+    if isinstance(value, bool):
+        raise ConfigError(f"invalid setting {name}={value!r}: expected a number")
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        expected = "an integer" if kind is int else "a number"
+        raise ConfigError(f"invalid setting {name}={value!r}: expected {expected}") from None
+    if kind is int and isinstance(value, float) and value != number:
+        raise ConfigError(f"invalid setting {name}={value!r}: expected an integer")
+    if number < minimum:
+        raise ConfigError(f"invalid setting {name}={value!r}: must be at least {minimum}")
+    return number
+
+
+def _check_url(name, value, schemes):
+    parsed = urlparse(str(value))
+    if parsed.scheme not in schemes or not (parsed.netloc or parsed.path):
+        raise ConfigError(
+            f"invalid setting {name}={value!r}: expected a URL with scheme {' or '.join(schemes)}"
+        )
+
+
+def validate_config(config):
+    """Coerce typed settings in place; raise ConfigError naming the first bad one."""
+    for name in _BOOL_SETTINGS:
+        config[name] = _coerce_bool(name, config.get(name))
+    for name, minimum in _INT_SETTINGS.items():
+        config[name] = _coerce_number(name, config.get(name), int, minimum)
+    for name, minimum in _FLOAT_SETTINGS.items():
+        config[name] = _coerce_number(name, config.get(name), float, minimum)
+    if config["PAGE_SIZE_DEFAULT"] > config["PAGE_SIZE_MAX"]:
+        raise ConfigError("invalid setting PAGE_SIZE_DEFAULT: larger than PAGE_SIZE_MAX")
+    for name in ("BASE_URL", "CDN_URL"):
+        _check_url(name, config.get(name), ("http", "https"))
+        config[name] = str(config[name]).rstrip("/")
+    _check_url("REDIS_URL", config.get("REDIS_URL"), ("redis", "rediss", "unix"))
+    db_url = config.get("SQLALCHEMY_DATABASE_URI")
+    if not isinstance(db_url, str) or "://" not in db_url:
+        raise ConfigError(f"invalid setting DATABASE_URL={db_url!r}: expected a database URL")
+    namespace = config.get("CACHE_NAMESPACE")
+    if not isinstance(namespace, str) or any(c.isspace() for c in namespace):
+        raise ConfigError(f"invalid setting CACHE_NAMESPACE={namespace!r}: no spaces allowed")
+    secret = config.get("SECRET_KEY")
+    if not secret:
+        raise ConfigError("invalid setting SECRET_KEY: must not be empty")
+    return config

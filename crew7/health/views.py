@@ -1,0 +1,56 @@
+"""Liveness, readiness, and the benchmark baseline route."""
+
+import json
+
+from flask import Blueprint, Response, jsonify
+from sqlalchemy import text
+
+from crew7.errors import error_response
+from crew7.extensions import db
+from crew7.services.cache import get_cache_service
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    """The process is alive."""
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz():
+    """The database and Redis are reachable; 503 naming what is down."""
+    checks = {}
+    try:
+        db.session.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:  # any driver error means "not ready"
+        db.session.rollback()
+        checks["database"] = f"down: {type(exc).__name__}"
+    checks["redis"] = "ok" if get_cache_service().ping() else "down"
+    down = [name for name, state in checks.items() if state != "ok"]
+    if not down:
+        return jsonify(status="ok", checks=checks)
+    response = error_response(503, f"unavailable: {', '.join(down)}", headers={"Retry-After": "5"})
+    body = response.get_json()
+    body["checks"] = checks
+    response.set_data(json.dumps(body))
+    return response
+
+
+bench_bp = Blueprint("bench", __name__, url_prefix="/bench")
+_STATIC = None
+
+
+@bench_bp.get("/static")
+def static_document():
+    """The benchmark's baseline: fixed bytes, no cache or database work."""
+    global _STATIC
+    if _STATIC is None:
+        _STATIC = b'{"name":"baseline","description":"' + b"x" * 1500 + b'","attributes":[]}'
+    return Response(
+        _STATIC,
+        mimetype="application/json",
+        headers={"Access-Control-Allow-Origin": "*", "Cache-Control": "public, max-age=300"},
+    )

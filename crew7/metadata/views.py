@@ -1,0 +1,107 @@
+"""Public NFT metadata endpoints: the hottest code in the service.
+
+A hit is one Redis round trip; the stored bytes are returned as they are.
+"""
+
+import hashlib
+
+from flask import Response, abort, current_app, request
+from flask_smorest import Blueprint
+
+from crew7.schemas.metadata import AgentMetadataSchema, CrewMetadataSchema
+from crew7.services import metadata as service
+from crew7.services.cache import NULL
+
+blp = Blueprint(
+    "metadata", __name__, url_prefix="/metadata", description="NFT metadata documents (public)"
+)
+
+MAX_BATCH = 100
+
+
+def _etag(body):
+    return '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+
+
+def _document_response(body):
+    if body == NULL:
+        abort(404, "no such public token")
+    etag = _etag(body)
+    ttl = current_app.config["METADATA_TTL"]
+    headers = {
+        "Access-Control-Allow-Origin": "*",
+        "Cache-Control": (
+            f"public, max-age={ttl}, stale-while-revalidate={ttl}, stale-if-error=86400"
+        ),
+        "ETag": etag,
+    }
+    inm = request.headers.get("If-None-Match")
+    if inm and (inm.strip() == "*" or etag in (t.strip() for t in inm.split(","))):
+        return Response(status=304, headers=headers)
+    return Response(body, mimetype="application/json", headers=headers)
+
+
+def _token_id(raw):
+    value = service.parse_token_id(raw)
+    if value is None:
+        abort(404, "no such public token")
+    return value
+
+
+@blp.get("/crew/<string:token_id>")
+@blp.alt_response(200, schema=CrewMetadataSchema, description="The crew's document")
+def crew_metadata(token_id):
+    """A crew's NFT metadata (decimal id, or ERC-1155's 64-hex-digit form)."""
+    body, _ = service.crew_metadata_json(_token_id(token_id))
+    return _document_response(body)
+
+
+@blp.get("/agent/<string:token_id>")
+@blp.alt_response(200, schema=AgentMetadataSchema, description="The agent's document")
+def agent_metadata(token_id):
+    """An agent's NFT metadata."""
+    body, _ = service.agent_metadata_json(_token_id(token_id))
+    return _document_response(body)
+
+
+@blp.get("/crew/<string:token_id>/agents")
+@blp.alt_response(200, schema=AgentMetadataSchema(many=True), description="Agents' documents")
+def crew_agents_metadata(token_id):
+    """The documents of a crew's agents, as a list."""
+    body, _ = service.crew_agents_metadata_json(_token_id(token_id))
+    return _document_response(body)
+
+
+@blp.get("/crews")
+@blp.doc(
+    parameters=[
+        {
+            "name": "ids",
+            "in": "query",
+            "required": True,
+            "description": f"Comma-separated crew ids, at most {MAX_BATCH}",
+            "schema": {"type": "string"},
+        }
+    ]
+)
+@blp.alt_response(
+    200, schema=CrewMetadataSchema(many=True), description="Documents in request order"
+)
+def crews_metadata():
+    """Many crews' documents in request order; null for an unknown or private id."""
+    raw = request.args.get("ids", "")
+    parts = [p.strip() for p in raw.split(",")] if raw.strip() else []
+    if not parts:
+        abort(400, "ids is required: a comma-separated list of crew ids")
+    if len(parts) > MAX_BATCH:
+        abort(400, f"at most {MAX_BATCH} ids per request")
+    ids = []
+    for part in parts:
+        if not part or not (part.isdigit() or len(part) == 64):
+            abort(400, f"malformed id {part[:80]!r}")
+        value = service.parse_token_id(part)
+        if value is None and not (part.isdigit() and int(part) == 0):
+            abort(400, f"malformed id {part[:80]!r}")
+        ids.append(value or 0)
+    body = service.many_crews_metadata_json(ids)
+    return _document_response(body)

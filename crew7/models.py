@@ -1,0 +1,161 @@
+"""Domain models: users own crews; a crew has agents and a run history.
+
+``CrewStats`` keeps each crew's run aggregates up to date as runs are recorded and
+finished (see ``crew7.hooks``), so building a crew's document reads a constant number
+of rows however long its history is.
+"""
+
+import hashlib
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from crew7.extensions import db
+
+RUN_STATUSES = ("queued", "running", "succeeded", "failed")
+FINISHED_STATUSES = ("succeeded", "failed")
+PROCESSES = ("sequential", "hierarchical")
+
+
+def utcnow():
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def hash_token(token):
+    """API tokens are stored only as their SHA-256: they are random, so no salt is needed."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class User(db.Model):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(80), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    crews: Mapped[list["Crew"]] = relationship(back_populates="owner")
+
+
+class Crew(db.Model):
+    __tablename__ = "crews"
+    __table_args__ = (
+        CheckConstraint("process IN ('sequential', 'hierarchical')", name="ck_crews_process"),
+        Index("ix_crews_public_id", "is_public", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(120))
+    description: Mapped[str] = mapped_column(Text, default="")
+    is_public: Mapped[bool] = mapped_column(Boolean, default=True)
+    process: Mapped[str] = mapped_column(String(20), default="sequential")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+    owner: Mapped[User] = relationship(back_populates="crews")
+    agents: Mapped[list["Agent"]] = relationship(
+        back_populates="crew",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="Agent.id",
+    )
+    # No ``runs`` collection: a history can be long; the database cascades deletes.
+    stats: Mapped["CrewStats"] = relationship(
+        back_populates="crew",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        uselist=False,
+    )
+
+
+class Agent(db.Model):
+    __tablename__ = "agents"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    crew_id: Mapped[int] = mapped_column(ForeignKey("crews.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(120))
+    role: Mapped[str] = mapped_column(String(120))
+    goal: Mapped[str] = mapped_column(Text, default="")
+    backstory: Mapped[str] = mapped_column(Text, default="")
+    llm: Mapped[str] = mapped_column(String(80), default="gpt-4o")
+    tools: Mapped[list] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+    crew: Mapped[Crew] = relationship(back_populates="agents")
+
+
+class Run(db.Model):
+    __tablename__ = "runs"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('queued', 'running', 'succeeded', 'failed')", name="ck_runs_status"
+        ),
+        # Per-crew aggregation and per-crew pagination walk this index only.
+        Index("ix_runs_crew_status", "crew_id", "status"),
+        Index("ix_runs_crew_id_id", "crew_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    crew_id: Mapped[int] = mapped_column(ForeignKey("crews.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    duration: Mapped[float | None] = mapped_column(Float)  # seconds
+    tokens_used: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    crew: Mapped[Crew] = relationship()
+
+
+class CrewStats(db.Model):
+    """Run aggregates of one crew, maintained in the transaction that changes its runs."""
+
+    __tablename__ = "crew_stats"
+
+    crew_id: Mapped[int] = mapped_column(
+        ForeignKey("crews.id", ondelete="CASCADE"), primary_key=True
+    )
+    total_runs: Mapped[int] = mapped_column(Integer, default=0)
+    queued_runs: Mapped[int] = mapped_column(Integer, default=0)
+    running_runs: Mapped[int] = mapped_column(Integer, default=0)
+    succeeded_runs: Mapped[int] = mapped_column(Integer, default=0)
+    failed_runs: Mapped[int] = mapped_column(Integer, default=0)
+    duration_sum: Mapped[float] = mapped_column(Float, default=0.0)
+    duration_count: Mapped[int] = mapped_column(Integer, default=0)
+    tokens_sum: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_run_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    crew: Mapped[Crew] = relationship(back_populates="stats")
+
+    @property
+    def finished_runs(self):
+        return self.succeeded_runs + self.failed_runs
+
+    @property
+    def success_rate(self):
+        """Percentage of finished runs that succeeded, or None before any finished."""
+        if not self.finished_runs:
+            return None
+        return round(100.0 * self.succeeded_runs / self.finished_runs, 1)
+
+    @property
+    def average_duration(self):
+        if not self.duration_count:
+            return None
+        return round(self.duration_sum / self.duration_count, 2)

@@ -1,0 +1,1 @@
+"""Marshmallow schemas: API input and output, and the NFT metadata documents."""

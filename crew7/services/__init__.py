@@ -1,0 +1,1 @@
+"""The domain layer: no request, no HTTP."""

@@ -1,0 +1,760 @@
+"""The metadata cache: the only module that knows key names, TTLs and Redis.
+
+Keys (``CACHE_NAMESPACE`` is prepended, empty by default)::
+
+    metadata:crew:{crew_id}          a crew's document (JSON text)
+    metadata:agent:{agent_id}        an agent's document
+    metadata:crew:{crew_id}:agents   the documents of a crew's agents (a JSON list)
+    stats:popular_crews              GET /stats/popular-crews
+    stats:leaderboard:{type}         GET /stats/leaderboard/<type>
+    stats:crew_views                 sorted set: metadata views per crew (popularity)
+    fence:<document key>             a token replaced by every invalidation of that key
+    lock:<document key>              single-flight lease of the request computing the key
+
+Values are the documents' JSON text, never pickle: whoever can write to a shared Redis
+could otherwise run code in the app. An unknown or private id is cached as ``null``.
+
+Why not ``Cache.memoize``/``Cache.cached`` around the builder: Flask-Caching 2.5's
+``memoize`` hashes keys (operators could not ``redis-cli GET metadata:crew:123``), costs
+two round trips per hit and ignores a replaced key maker while ``delete_memoized`` honours
+it, so invalidations would miss. ``cached(make_cache_key=...)`` gives readable keys in one
+GET, but cannot count the view in the same round trip, cannot fence a fill against a
+concurrent invalidation, and has no single-flight lock. So Flask-Caching owns the
+connection (its Redis, Sentinel and Cluster backends, the key prefix, a JSON serializer),
+and this service runs the read-through on that client with small Lua scripts:
+
+* a hit is one round trip (one EVALSHA: GET + PTTL + ZINCRBY for popularity) whose
+  bytes go to the client as they are stored;
+* a miss reads the key's fence in that same round trip, before the database is read,
+  and stores its document only if the fence is unchanged (the set-after-delete race);
+* one request per cold key computes (``SET lock NX PX``); the others wait for its
+  result; a holder that dies leaves a lease that expires;
+* hot keys are refreshed early by one request (XFetch), so expiry costs no one a wait.
+
+Redis failures never reach clients: every call is bounded by short socket timeouts with
+no retries, and a circuit breaker skips Redis for a few seconds after consecutive
+failures. Invalidations that could not be applied are kept and retried, and Redis is not
+read again by this process until they are applied.
+"""
+
+import json
+import logging
+import math
+import os
+import random
+import threading
+import time
+import uuid
+
+import redis
+from cachelib.serializers import BaseSerializer
+from flask import current_app
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+log = logging.getLogger(__name__)
+
+CREW = "crew"
+AGENT = "agent"
+CREW_AGENTS = "crew_agents"
+STATS = "stats"
+NULL = b"null"
+
+LEADERBOARD_TYPES = ("runs", "success-rate")
+
+
+class JSONTextSerializer(BaseSerializer):
+    """Flask-Caching serializer: values are JSON text; bytes and str are stored as they are."""
+
+    def dumps(self, value):
+        if isinstance(value, bytes):
+            return value
+        if isinstance(value, str):
+            return value.encode()
+        return json.dumps(value, separators=(",", ":")).encode()
+
+    def loads(self, value):
+        if value is None:
+            return None
+        return json.loads(value)
+
+
+def flask_caching_config(config):
+    """Flask-Caching settings derived from ours: its Redis client is the one we use."""
+    options = {
+        "socket_timeout": config["REDIS_SOCKET_TIMEOUT"],
+        "socket_connect_timeout": config["REDIS_CONNECT_TIMEOUT"],
+        # redis-py 8 retries 10 times with backoff by default: a minute per call
+        # against a frozen Redis. One attempt, then the breaker takes over.
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 0,
+    }
+    return {
+        "CACHE_TYPE": config.get("CACHE_TYPE") or "RedisCache",
+        "CACHE_REDIS_URL": config["REDIS_URL"],
+        "CACHE_KEY_PREFIX": config["CACHE_NAMESPACE"],
+        "CACHE_DEFAULT_TIMEOUT": config["METADATA_TTL"],
+        "CACHE_OPTIONS": options,
+        "CACHE_SERIALIZER": JSONTextSerializer(),
+    }
+
+
+# KEYS: doc, fence[, views]  ARGV: [member]
+# -> {1, value, pttl} on a hit, {0, fence} on a miss
+_READ = """
+local v = redis.call('GET', KEYS[1])
+if #KEYS > 2 then redis.call('ZINCRBY', KEYS[3], 1, ARGV[1]) end
+if v then return {1, v, redis.call('PTTL', KEYS[1])} end
+return {0, redis.call('GET', KEYS[2]) or ''}
+"""
+
+# KEYS: doc, fence, lock  ARGV: value, ttl_ms, fence_seen, lock_token
+# Stores the value only if no invalidation happened since the fence was read.
+_FILL = """
+local stored = 0
+if (redis.call('GET', KEYS[2]) or '') == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  stored = 1
+end
+if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) == ARGV[4] then
+  redis.call('DEL', KEYS[3])
+end
+return stored
+"""
+
+# KEYS: doc, fence  ARGV: new fence token, fence ttl
+_INVALIDATE = """
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+return redis.call('DEL', KEYS[1])
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class CacheUnavailable(Exception):
+    """Redis is skipped (breaker open) or failed: answer from the database."""
+
+
+class CircuitBreaker:
+    """Per-process breaker: open after ``threshold`` consecutive failures, for ``cooldown`` s.
+
+    After the cooldown one caller probes Redis (half-open); success closes it.
+    One warning when it opens, one when it closes.
+    """
+
+    def __init__(self, threshold, cooldown, on_close=None):
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self.failures = 0
+        self.opened_at = None
+        self.on_close = on_close
+        self._probing = False
+        self._lock = threading.Lock()
+
+    @property
+    def state(self):
+        if self.opened_at is None:
+            return "closed"
+        if time.monotonic() - self.opened_at >= self.cooldown:
+            return "half-open"
+        return "open"
+
+    def allow(self):
+        if self.opened_at is None:
+            return True
+        with self._lock:
+            if self._probing or time.monotonic() - self.opened_at < self.cooldown:
+                return False
+            self._probing = True
+            return True
+
+    def success(self):
+        if self.opened_at is None and not self.failures:
+            return
+        with self._lock:
+            reopened = self.opened_at is not None
+            self.failures = 0
+            self._probing = False
+            if reopened and self.on_close is not None and not self.on_close():
+                # Pending invalidations could not be applied: stay open.
+                self.opened_at = time.monotonic()
+                return
+            self.opened_at = None
+        if reopened:
+            log.warning("Redis reachable again: cache circuit breaker closed")
+
+    def failure(self, exc):
+        with self._lock:
+            self.failures += 1
+            self._probing = False
+            if self.opened_at is not None:
+                self.opened_at = time.monotonic()
+                return
+            if self.failures < self.threshold:
+                return
+            self.opened_at = time.monotonic()
+        log.warning(
+            "Redis unavailable (%s: %s): cache circuit breaker open, serving from the "
+            "database for %.1f s",
+            type(exc).__name__,
+            exc,
+            self.cooldown,
+        )
+
+
+class Counters:
+    """In-process counts of what the cache did (read by tests and stats)."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.hits = 0
+        self.misses = 0
+        self.bypasses = 0
+        self.computations = 0
+        self.redis_errors = 0
+        self.early_refreshes = 0
+        self.waits = 0
+        self.fills_rejected = 0
+
+    def as_dict(self):
+        return dict(vars(self))
+
+
+class CacheService:
+    """Read-through cache of metadata documents and stats over Flask-Caching's Redis client."""
+
+    LOCK_LEASE_MS = 5000
+    WAIT_MAX = 3.0
+    FENCE_TTL = 86400
+    XFETCH_BETA = 1.0
+
+    def __init__(self, client, config, prefix=""):
+        self.client = client
+        self.prefix = prefix or ""
+        self.enabled = config["METADATA_CACHE_ENABLED"]
+        self.ttl = {
+            CREW: config["METADATA_TTL"],
+            AGENT: config["METADATA_TTL"],
+            CREW_AGENTS: config["METADATA_TTL"],
+            STATS: config["STATS_TTL"],
+        }
+        self.popular_ttl = config["POPULAR_CREWS_TTL"]
+        self.stats_ttl = config["STATS_TTL"]
+        self.negative_ttl = config["NEGATIVE_TTL"]
+        self.counters = Counters()
+        self._pending = set()
+        self._pending_lock = threading.Lock()
+        self._retry_timer = None
+        self.breaker = CircuitBreaker(
+            config["BREAKER_THRESHOLD"], config["BREAKER_COOLDOWN"], self._flush_pending
+        )
+        # Seconds a computation of each family took (moving average): XFetch's delta.
+        self._delta = {CREW: 0.01, AGENT: 0.005, CREW_AGENTS: 0.01, STATS: 0.05}
+        self._scripts = {}
+        if client is not None:
+            self._scripts = {
+                "read": client.register_script(_READ),
+                "fill": client.register_script(_FILL),
+                "invalidate": client.register_script(_INVALIDATE),
+                "release": client.register_script(_RELEASE),
+            }
+
+    @classmethod
+    def from_app(cls, app):
+        backend = app.extensions["cache"][next(iter(app.extensions["cache"]))]
+        client = getattr(backend, "_write_client", None)
+        return cls(client, app.config, getattr(backend, "key_prefix", ""))
+
+    # -- keys -----------------------------------------------------------------
+    def crew_key(self, crew_id):
+        return f"{self.prefix}metadata:crew:{crew_id}"
+
+    def agent_key(self, agent_id):
+        return f"{self.prefix}metadata:agent:{agent_id}"
+
+    def crew_agents_key(self, crew_id):
+        return f"{self.prefix}metadata:crew:{crew_id}:agents"
+
+    def popular_key(self):
+        return f"{self.prefix}stats:popular_crews"
+
+    def leaderboard_key(self, kind):
+        return f"{self.prefix}stats:leaderboard:{kind}"
+
+    def views_key(self):
+        return f"{self.prefix}stats:crew_views"
+
+    def fence_key(self, key):
+        return f"{self.prefix}fence:{key[len(self.prefix) :]}"
+
+    def lock_key(self, key):
+        return f"{self.prefix}lock:{key[len(self.prefix) :]}"
+
+    # -- guarded Redis access ---------------------------------------------------
+    def _call(self, fn, *args, **kwargs):
+        if self.client is None or not self.breaker.allow():
+            raise CacheUnavailable("breaker open")
+        try:
+            result = fn(*args, **kwargs)
+        except redis.RedisError as exc:
+            self.counters.redis_errors += 1
+            self.breaker.failure(exc)
+            raise CacheUnavailable(str(exc)) from exc
+        self.breaker.success()
+        return result
+
+    @property
+    def available(self):
+        return self.enabled and self.client is not None and self.breaker.state != "open"
+
+    # -- plain operations -------------------------------------------------------
+    def get(self, key):
+        """Stored bytes or None (also None when Redis is unavailable)."""
+        try:
+            return self._call(self.client.get, key)
+        except CacheUnavailable:
+            return None
+
+    def set(self, key, value, ttl):
+        try:
+            return bool(self._call(self.client.set, key, _as_bytes(value), ex=ttl))
+        except CacheUnavailable:
+            return False
+
+    def delete(self, *keys):
+        if not keys:
+            return 0
+        try:
+            return self._call(self.client.delete, *keys)
+        except CacheUnavailable:
+            return 0
+
+    def exists(self, key):
+        try:
+            return bool(self._call(self.client.exists, key))
+        except CacheUnavailable:
+            return False
+
+    def get_many(self, keys):
+        """One MGET: a list of bytes-or-None in the order of ``keys``."""
+        if not keys:
+            return []
+        try:
+            return self._call(self.client.mget, keys)
+        except CacheUnavailable:
+            return [None] * len(keys)
+
+    def set_many(self, mapping, ttl):
+        """Store many values in one pipelined round trip."""
+        if not mapping:
+            return True
+
+        def run():
+            pipe = self.client.pipeline(transaction=False)
+            for key, value in mapping.items():
+                pipe.set(key, _as_bytes(value), ex=ttl)
+            return pipe.execute()
+
+        try:
+            self._call(run)
+            return True
+        except CacheUnavailable:
+            return False
+
+    def ttl_of(self, key):
+        try:
+            return self._call(self.client.ttl, key)
+        except CacheUnavailable:
+            return None
+
+    # -- read-through -------------------------------------------------------------
+    def read_through(self, family, key, compute, count_view=None):
+        """Return ``(bytes, hit)`` for ``key``, computing it with ``compute()`` on a miss.
+
+        ``compute`` returns the document's JSON bytes, or None when the id is unknown
+        or private (cached briefly as ``null``). Exactly one caller computes a cold key;
+        the others wait for its result (bounded), then compute themselves.
+        """
+        if not self.enabled:
+            self.counters.bypasses += 1
+            return self._compute(family, compute), False
+        fence_key = self.fence_key(key)
+        keys = [key, fence_key]
+        args = []
+        if count_view is not None:
+            keys.append(self.views_key())
+            args.append(count_view)
+        try:
+            reply = self._call(self._scripts["read"], keys=keys, args=args)
+        except CacheUnavailable:
+            self.counters.bypasses += 1
+            return self._compute(family, compute), False
+        if reply[0] == 1:
+            value, pttl = reply[1], reply[2]
+            self.counters.hits += 1
+            if self._should_refresh_early(family, pttl):
+                self._refresh_early(family, key, compute)
+            return value, True
+        self.counters.misses += 1
+        return self._fill(family, key, compute, _text(reply[1])), False
+
+    def _fill(self, family, key, compute, fence):
+        lock_key = self.lock_key(key)
+        token = uuid.uuid4().hex
+        deadline = time.monotonic() + self.WAIT_MAX
+        while True:
+            try:
+                got = self._call(self.client.set, lock_key, token, nx=True, px=self.LOCK_LEASE_MS)
+            except CacheUnavailable:
+                return self._compute(family, compute)
+            if got:
+                return self._compute_and_store(family, key, compute, fence, token)
+            value = self._wait_for(key, lock_key, deadline)
+            if value is not None:
+                return value
+            if time.monotonic() >= deadline:
+                # The holder is slow or gone and its lease still runs: answer anyway.
+                return self._compute(family, compute)
+            # The lock was released without a value (the fill was fenced out, or the
+            # holder failed): read the fence again before reading the database.
+            try:
+                fence = _text(self._call(self.client.get, self.fence_key(key)) or b"")
+            except CacheUnavailable:
+                return self._compute(family, compute)
+
+    def _wait_for(self, key, lock_key, deadline):
+        """Poll until the value appears (return it) or the lock goes away (return None)."""
+        self.counters.waits += 1
+        delay = 0.002
+        while time.monotonic() < deadline:
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.025)
+            try:
+                pipe = self.client.pipeline(transaction=False)
+                pipe.get(key)
+                pipe.exists(lock_key)
+                value, locked = self._call(pipe.execute)
+            except CacheUnavailable:
+                return None
+            if value is not None:
+                return value
+            if not locked:
+                return None
+        return None
+
+    def _compute(self, family, compute):
+        started = time.perf_counter()
+        document = compute()
+        elapsed = time.perf_counter() - started
+        self.counters.computations += 1
+        self._delta[family] = 0.8 * self._delta[family] + 0.2 * elapsed
+        return NULL if document is None else document
+
+    def _compute_and_store(self, family, key, compute, fence, token):
+        try:
+            value = self._compute(family, compute)
+        except BaseException:
+            self._release(self.lock_key(key), token)
+            raise
+        ttl = self.negative_ttl if value == NULL else self.ttl[family]
+        try:
+            stored = self._call(
+                self._scripts["fill"],
+                keys=[key, self.fence_key(key), self.lock_key(key)],
+                args=[value, int(ttl * 1000), fence, token],
+            )
+            if not stored:
+                self.counters.fills_rejected += 1
+        except CacheUnavailable:
+            pass
+        return value
+
+    def _release(self, lock_key, token):
+        try:
+            self._call(self._scripts["release"], keys=[lock_key], args=[token])
+        except CacheUnavailable:
+            pass
+
+    def _should_refresh_early(self, family, pttl):
+        # XFetch (Vattani, Chierichetti, Lowenstein, VLDB 2015): refresh when
+        # now - delta * beta * ln(rand) >= expiry; the chance rises as expiry nears.
+        if pttl is None or pttl < 0:
+            return False
+        gap = -self._delta[family] * self.XFETCH_BETA * math.log(1.0 - random.random())
+        return gap * 1000 >= pttl
+
+    def _refresh_early(self, family, key, compute):
+        """Recompute a hot key before it expires; only the lock holder does it."""
+        lock_key = self.lock_key(key)
+        token = uuid.uuid4().hex
+        try:
+            fence = _text(self._call(self.client.get, self.fence_key(key)) or b"")
+            if not self._call(self.client.set, lock_key, token, nx=True, px=self.LOCK_LEASE_MS):
+                return
+        except CacheUnavailable:
+            return
+        self.counters.early_refreshes += 1
+        self._compute_and_store(family, key, compute, fence, token)
+
+    # -- invalidation -------------------------------------------------------------
+    def invalidate_keys(self, keys):
+        """Delete documents and replace their fences so no older fill can land."""
+        keys = set(keys)
+        if not keys:
+            return True
+        with self._pending_lock:
+            keys |= self._pending
+            self._pending.clear()
+        if self._apply_invalidations(keys):
+            return True
+        with self._pending_lock:
+            self._pending |= keys
+        self._schedule_retry()
+        return False
+
+    def _apply_invalidations(self, keys):
+        if self.client is None:
+            return True
+
+        def run():
+            pipe = self.client.pipeline(transaction=False)
+            for key in sorted(keys):
+                token = f"{time.time_ns():x}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                self._scripts["invalidate"](
+                    keys=[key, self.fence_key(key)], args=[token, self.FENCE_TTL], client=pipe
+                )
+            return pipe.execute()
+
+        try:
+            if self.breaker.opened_at is not None:
+                raise CacheUnavailable("breaker open")
+            self._call(run)
+            return True
+        except CacheUnavailable:
+            return False
+
+    def _flush_pending(self):
+        """Called when the breaker closes: apply what was missed before reading again."""
+        with self._pending_lock:
+            keys = set(self._pending)
+            self._pending.clear()
+        if not keys:
+            return True
+        try:
+            self._call_unguarded_invalidate(keys)
+            return True
+        except redis.RedisError:
+            with self._pending_lock:
+                self._pending |= keys
+            return False
+
+    def _call_unguarded_invalidate(self, keys):
+        pipe = self.client.pipeline(transaction=False)
+        for key in sorted(keys):
+            token = f"{time.time_ns():x}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            self._scripts["invalidate"](
+                keys=[key, self.fence_key(key)], args=[token, self.FENCE_TTL], client=pipe
+            )
+        pipe.execute()
+
+    def _schedule_retry(self):
+        if self._retry_timer is not None and self._retry_timer.is_alive():
+            return
+        interval = min(1.0, max(0.1, self.breaker.cooldown / 4))
+
+        def retry():
+            if not self._pending:
+                return
+            try:
+                with self._pending_lock:
+                    keys = set(self._pending)
+                self._call_unguarded_invalidate(keys)
+                with self._pending_lock:
+                    self._pending -= keys
+            except redis.RedisError:
+                pass
+            if self._pending:
+                self._retry_timer = None
+                self._schedule_retry()
+
+        self._retry_timer = threading.Timer(interval, retry)
+        self._retry_timer.daemon = True
+        self._retry_timer.start()
+
+    @property
+    def pending_invalidations(self):
+        return len(self._pending)
+
+    def crew_keys(self, crew_id, agent_ids=()):
+        """Every document a change to the crew affects."""
+        return [self.crew_key(crew_id), self.crew_agents_key(crew_id)] + [
+            self.agent_key(a) for a in agent_ids
+        ]
+
+    def invalidate_crew_metadata(self, crew_id):
+        return self.invalidate_keys([self.crew_key(crew_id)])
+
+    def invalidate_agent_metadata(self, agent_id):
+        return self.invalidate_keys([self.agent_key(agent_id)])
+
+    def invalidate_crew_agents_metadata(self, crew_id):
+        return self.invalidate_keys([self.crew_agents_key(crew_id)])
+
+    def invalidate_all_crew_metadata(self, crew_id, agent_ids=None):
+        """The crew, its agents list and each of its agents."""
+        if agent_ids is None:
+            from crew7.services.metadata import agent_ids_of_crew
+
+            agent_ids = agent_ids_of_crew(crew_id)
+        return self.invalidate_keys(self.crew_keys(crew_id, agent_ids))
+
+    def scan_keys(self, pattern, batch=500):
+        """Yield lists of keys matching ``pattern``, one SCAN page at a time."""
+        cursor = 0
+        while True:
+            cursor, keys = self._call(self.client.scan, cursor, match=pattern, count=batch)
+            if keys:
+                yield [_text(k) for k in keys]
+            if not int(cursor):
+                return
+
+    def invalidate_all_metadata(self, batch=500):
+        """Delete every metadata and stats document, SCAN in batches (never KEYS or FLUSHDB)."""
+        deleted = 0
+        patterns = (
+            f"{self.prefix}metadata:*",
+            f"{self.prefix}stats:popular_crews",
+            f"{self.prefix}stats:leaderboard:*",
+        )
+        try:
+            for pattern in patterns:
+                for keys in self.scan_keys(pattern, batch):
+                    self.invalidate_keys(keys)
+                    deleted += len(keys)
+        except CacheUnavailable:
+            pass
+        return deleted
+
+    # -- typed getters and setters ------------------------------------------------
+    def get_crew_metadata(self, crew_id):
+        return self.get(self.crew_key(crew_id))
+
+    def set_crew_metadata(self, crew_id, document):
+        return self.set(self.crew_key(crew_id), document, self.ttl[CREW])
+
+    def get_agent_metadata(self, agent_id):
+        return self.get(self.agent_key(agent_id))
+
+    def set_agent_metadata(self, agent_id, document):
+        return self.set(self.agent_key(agent_id), document, self.ttl[AGENT])
+
+    def get_crew_agents_metadata(self, crew_id):
+        return self.get(self.crew_agents_key(crew_id))
+
+    def set_crew_agents_metadata(self, crew_id, documents):
+        return self.set(self.crew_agents_key(crew_id), documents, self.ttl[CREW_AGENTS])
+
+    def get_many_crew_metadata(self, crew_ids):
+        return self.get_many([self.crew_key(c) for c in crew_ids])
+
+    # -- popularity and stats -------------------------------------------------------
+    def popular_crew_ids(self, limit):
+        """Crew ids by metadata views, most viewed first."""
+        try:
+            ids = self._call(self.client.zrevrange, self.views_key(), 0, max(limit - 1, 0))
+        except CacheUnavailable:
+            return []
+        return [int(i) for i in ids]
+
+    def count_views(self, crew_ids):
+        """Count batch views in one pipelined call (the single-document path counts in its read)."""
+        if not crew_ids or not self.enabled:
+            return
+
+        def run():
+            pipe = self.client.pipeline(transaction=False)
+            for crew_id in crew_ids:
+                pipe.zincrby(self.views_key(), 1, crew_id)
+            return pipe.execute()
+
+        try:
+            self._call(run)
+        except CacheUnavailable:
+            pass
+
+    def stats_read_through(self, key, ttl, compute):
+        """Plain read-through for the stats documents (no fence: they may lag STATS_TTL)."""
+        if self.enabled:
+            value = self.get(key)
+            if value is not None:
+                self.counters.hits += 1
+                return value
+            self.counters.misses += 1
+        else:
+            self.counters.bypasses += 1
+        value = self._compute(STATS, compute)
+        if self.enabled:
+            self.set(key, value, ttl)
+        return value
+
+    def info(self):
+        """Keys per family and memory used, for operators (SCAN, never KEYS)."""
+        families = {
+            "crew": f"{self.prefix}metadata:crew:*",
+            "agent": f"{self.prefix}metadata:agent:*",
+            "stats": f"{self.prefix}stats:*",
+        }
+        out = {"keys": {}, "memory_used": None, "available": True}
+        try:
+            for name, pattern in families.items():
+                count = agents_lists = 0
+                for keys in self.scan_keys(pattern, 1000):
+                    lists = sum(1 for k in keys if k.endswith(":agents"))
+                    if name == "crew":
+                        agents_lists += lists
+                        count += len(keys) - lists
+                    else:
+                        count += len(keys)
+                out["keys"][name] = count
+                if name == "crew":
+                    out["keys"]["crew_agents"] = agents_lists
+            memory = self._call(self.client.info, "memory")
+            out["memory_used"] = memory.get("used_memory_human")
+            out["memory_used_bytes"] = memory.get("used_memory")
+        except CacheUnavailable as exc:
+            out["available"] = False
+            out["error"] = str(exc)
+        out["breaker"] = self.breaker.state
+        out["pending_invalidations"] = self.pending_invalidations
+        out["process_counters"] = self.counters.as_dict()
+        return out
+
+    def ping(self):
+        if self.client is None:
+            return False
+        try:
+            return bool(self.client.ping())
+        except redis.RedisError:
+            return False
+
+
+def _as_bytes(value):
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else (value or "")
+
+
+def get_cache_service(app=None):
+    """The app's CacheService."""
+    return (app or current_app).extensions["crew7.cache"]

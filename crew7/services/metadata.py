@@ -1,0 +1,238 @@
+"""Metadata documents: models in, OpenSea / ERC-721 JSON out.
+
+The builders read a constant number of rows whatever a crew's history: run aggregates
+come from ``crew_stats``. The ``*_json`` functions return the document's bytes exactly
+as they are cached and served.
+"""
+
+import calendar
+import json
+
+from flask import current_app
+from sqlalchemy import func, select
+
+from crew7.extensions import db
+from crew7.models import Agent, Crew, CrewStats
+from crew7.schemas.metadata import AgentMetadataSchema, CrewMetadataSchema
+from crew7.services.cache import AGENT, CREW, CREW_AGENTS, NULL, get_cache_service
+
+_crew_schema = CrewMetadataSchema()
+_agent_schema = AgentMetadataSchema()
+
+MAX_ID = 2**63 - 1
+
+
+def _unix(dt):
+    return calendar.timegm(dt.utctimetuple()) if dt is not None else None
+
+
+def _encode(document):
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _urls(base_url, cdn_url):
+    cfg = current_app.config
+    return (base_url or cfg["BASE_URL"]).rstrip("/"), (cdn_url or cfg["CDN_URL"]).rstrip("/")
+
+
+def _is_default(base_url, cdn_url):
+    cfg = current_app.config
+    return (base_url is None or base_url.rstrip("/") == cfg["BASE_URL"]) and (
+        cdn_url is None or cdn_url.rstrip("/") == cfg["CDN_URL"]
+    )
+
+
+def parse_token_id(raw):
+    """A decimal id, or the 64-hex-digit form ERC-1155 ``{id}`` URIs produce; None if neither."""
+    if raw.isdigit() and len(raw) <= 19:
+        value = int(raw)
+    elif len(raw) == 64 and all(c in "0123456789abcdefABCDEF" for c in raw):
+        value = int(raw, 16)
+    else:
+        return None
+    return value if 0 < value <= MAX_ID else None
+
+
+# -- building -------------------------------------------------------------------
+
+
+def build_crew_document(crew, stats, agent_count, base_url=None, cdn_url=None):
+    """The document of a crew, from the crew, its aggregates and its agent count."""
+    base, cdn = _urls(base_url, cdn_url)
+    attributes = [
+        {"trait_type": "Agents", "value": agent_count, "display_type": "number"},
+        {"trait_type": "Process", "value": crew.process},
+        {
+            "trait_type": "Total Runs",
+            "value": stats.total_runs if stats else 0,
+            "display_type": "number",
+        },
+        {
+            "trait_type": "Success Rate",
+            "value": (stats.success_rate if stats and stats.success_rate is not None else 0),
+            "display_type": "boost_percentage",
+            "max_value": 100,
+        },
+        {
+            "trait_type": "Average Run Duration",
+            "value": (stats.average_duration if stats and stats.average_duration else 0),
+            "display_type": "number",
+        },
+    ]
+    if stats is not None and stats.last_run_at is not None:
+        attributes.append(
+            {"trait_type": "Last Run", "value": _unix(stats.last_run_at), "display_type": "date"}
+        )
+    attributes.append(
+        {"trait_type": "Created", "value": _unix(crew.created_at), "display_type": "date"}
+    )
+    return _crew_schema.dump(
+        {
+            "name": crew.name,
+            "description": crew.description or f"{crew.name}: a crew of AI agents on crew7.",
+            "image": f"{cdn}/crews/{crew.id}.png",
+            "external_url": f"{base}/crews/{crew.id}",
+            "attributes": attributes,
+        }
+    )
+
+
+def build_agent_document(agent, crew, base_url=None, cdn_url=None):
+    """The document of an agent of ``crew``."""
+    base, cdn = _urls(base_url, cdn_url)
+    tools = agent.tools or []
+    return _agent_schema.dump(
+        {
+            "name": agent.name,
+            "description": agent.goal or agent.backstory or f"{agent.role} in {crew.name}",
+            "image": f"{cdn}/agents/{agent.id}.png",
+            "external_url": f"{base}/agents/{agent.id}",
+            "attributes": [
+                {"trait_type": "Role", "value": agent.role},
+                {"trait_type": "LLM", "value": agent.llm},
+                {"trait_type": "Tools", "value": len(tools), "display_type": "number"},
+                {"trait_type": "Crew", "value": crew.name},
+                {"trait_type": "Crew ID", "value": crew.id, "display_type": "number"},
+            ],
+        }
+    )
+
+
+# -- loading (constant number of rows) ---------------------------------------------
+
+
+def _load_public_crew(crew_id):
+    row = db.session.execute(
+        select(Crew, CrewStats).outerjoin(CrewStats).where(Crew.id == crew_id)
+    ).first()
+    if row is None or not row[0].is_public:
+        return None, None
+    return row[0], row[1]
+
+
+def _agent_count(crew_id):
+    return db.session.scalar(
+        select(func.count()).select_from(Agent).where(Agent.crew_id == crew_id)
+    )
+
+
+def agent_ids_of_crew(crew_id):
+    return list(db.session.scalars(select(Agent.id).where(Agent.crew_id == crew_id)))
+
+
+def compute_crew_json(crew_id):
+    """The crew's document as bytes, or None when it is unknown or private."""
+    crew, stats = _load_public_crew(crew_id)
+    if crew is None:
+        return None
+    return _encode(build_crew_document(crew, stats, _agent_count(crew_id)))
+
+
+def compute_agent_json(agent_id):
+    row = db.session.execute(
+        select(Agent, Crew).join(Crew, Agent.crew_id == Crew.id).where(Agent.id == agent_id)
+    ).first()
+    if row is None or not row[1].is_public:
+        return None
+    return _encode(build_agent_document(row[0], row[1]))
+
+
+def compute_crew_agents_json(crew_id):
+    crew = db.session.get(Crew, crew_id)
+    if crew is None or not crew.is_public:
+        return None
+    agents = db.session.scalars(select(Agent).where(Agent.crew_id == crew_id).order_by(Agent.id))
+    return _encode([build_agent_document(a, crew) for a in agents])
+
+
+# -- serving (through the cache) ---------------------------------------------------
+
+
+def crew_metadata_json(crew_id, count_view=True):
+    """``(bytes, hit)``: the crew's document as served; ``b"null"`` when not found."""
+    cache = get_cache_service()
+    return cache.read_through(
+        CREW,
+        cache.crew_key(crew_id),
+        lambda: compute_crew_json(crew_id),
+        count_view=str(crew_id) if count_view else None,
+    )
+
+
+def agent_metadata_json(agent_id):
+    cache = get_cache_service()
+    return cache.read_through(
+        AGENT, cache.agent_key(agent_id), lambda: compute_agent_json(agent_id)
+    )
+
+
+def crew_agents_metadata_json(crew_id):
+    cache = get_cache_service()
+    return cache.read_through(
+        CREW_AGENTS, cache.crew_agents_key(crew_id), lambda: compute_crew_agents_json(crew_id)
+    )
+
+
+def many_crews_metadata_json(crew_ids):
+    """A JSON array of the crews' documents in request order (null for unknown or private).
+
+    Hits cost one MGET for the whole batch; each missing document goes through the
+    read-through path, so it is fenced and computed once.
+    """
+    cache = get_cache_service()
+    values = cache.get_many([cache.crew_key(c) for c in crew_ids]) if cache.enabled else None
+    if values is None:
+        values = [None] * len(crew_ids)
+        cache.counters.bypasses += len(crew_ids)
+    else:
+        cache.count_views([c for c, v in zip(crew_ids, values, strict=True) if v != NULL])
+    out = []
+    for crew_id, value in zip(crew_ids, values, strict=True):
+        if value is None:
+            value, _ = crew_metadata_json(crew_id, count_view=False)
+        elif cache.enabled:
+            cache.counters.hits += 1
+        out.append(value)
+    return b"[" + b",".join(out) + b"]"
+
+
+def crew_to_nft_metadata(crew, base_url=None, cdn_url=None, use_cache=True):
+    """The crew's NFT metadata document (a dict).
+
+    With ``use_cache`` it reads through the cache: a hit returns the stored document, a
+    miss computes it, stores it and returns it. With ``use_cache=False``, or URLs other
+    than the configured ones, the cache is never touched.
+    """
+    if use_cache and _is_default(base_url, cdn_url):
+        value, _ = crew_metadata_json(crew.id, count_view=False)
+        return json.loads(value)
+    stats = db.session.get(CrewStats, crew.id)
+    return build_crew_document(crew, stats, _agent_count(crew.id), base_url, cdn_url)
+
+
+def agent_to_nft_metadata(agent, base_url=None, cdn_url=None, use_cache=True):
+    """The agent's NFT metadata document (a dict); see ``crew_to_nft_metadata``."""
+    if use_cache and _is_default(base_url, cdn_url):
+        value, _ = agent_metadata_json(agent.id)
+        return json.loads(value)
+    return build_agent_document(agent, agent.crew, base_url, cdn_url)

@@ -1,0 +1,68 @@
+"""Gunicorn settings for crew7 (``gunicorn -c gunicorn.conf.py wsgi:app``).
+
+Every value can be tuned from the environment, so the same file serves the
+container image, docker-compose and a bare host.
+"""
+
+import os
+
+
+def _env_int(name, default, minimum=1):
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise RuntimeError(f"{name}={raw!r}: expected an integer") from None
+    return max(value, minimum)
+
+
+def _cpu_count():
+    # The CPUs this process may actually run on (a container's cpuset), not the host's.
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+# $GUNICORN_BIND wins; else $PORT (the platform convention); else all interfaces on 8000.
+bind = os.environ.get("GUNICORN_BIND") or f"0.0.0.0:{os.environ.get('PORT') or 8000}"
+
+# Sync workers: one request per process, simple and safe for the SQLAlchemy/Redis clients.
+# The classic 2 * cores + 1, capped so a big host doesn't open dozens of DB connection pools.
+workers = _env_int("WEB_CONCURRENCY", min(2 * _cpu_count() + 1, 12))
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
+# More than one thread turns a sync worker into gthread (gunicorn does this itself).
+threads = _env_int("GUNICORN_THREADS", 1)
+
+# Kill a worker stuck for 30 s (nginx's proxy_read_timeout is longer, so this fires first);
+# on SIGTERM let in-flight requests finish within graceful_timeout, which must stay below the
+# container's stop grace period (30 s in docker-compose.yml; `docker stop` defaults to 10 s).
+timeout = 30
+graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 25)
+# Idle keep-alive with nginx; only gthread/async workers keep connections open.
+keepalive = 5
+
+# Heartbeat files on tmpfs: a container's overlay /tmp can stall workers into timeouts.
+if os.path.isdir("/dev/shm"):
+    worker_tmp_dir = "/dev/shm"
+
+# Logs to stdout/stderr for the container runtime to collect.
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
+# Client IP as nginx forwarded it, then the peer address, and the duration in ms.
+access_log_format = '%({x-forwarded-for}i)s %(h)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)sms'
+
+# Peers whose X-Forwarded-Proto etc. gunicorn trusts; set to the proxy's address (or "*"
+# when only the proxy can reach the port).
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+# Load the app in each worker after fork: no database or Redis connection is
+# inherited across processes.
+preload_app = False
+
+# No gunicornc control socket (gunicorn >= 25.1; older versions ignore the name): its default
+# path under $HOME is not writable for the image's user and is shared by every instance.
+control_socket_disable = True

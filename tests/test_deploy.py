@@ -1,0 +1,531 @@
+"""Deployment files: docker-compose.yml, deploy/boot.sh, the Dockerfile, deploy/nginx.conf
+and gunicorn.conf.py, ending with nginx in front of gunicorn on loopback ports."""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import http.client
+import json
+import os
+import re
+import runpy
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from jsonschema import Draft201909Validator
+from jsonschema.validators import validator_for
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+NGINX_CONF = ROOT / "deploy" / "nginx.conf"
+GUNICORN_CONF = ROOT / "gunicorn.conf.py"
+BOOT = ROOT / "deploy" / "boot.sh"
+BODY_LIMIT = 64 * 1024
+
+
+# --- docker-compose.yml ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose():
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+@pytest.fixture(scope="module")
+def compose_validator():
+    schema = json.loads((DATA / "compose-spec.json").read_text())
+    cls = validator_for(schema, default=Draft201909Validator)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def _schema_errors(validator, document):
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in validator.iter_errors(document)
+    ]
+
+
+def test_compose_file_matches_the_compose_specification(compose, compose_validator):
+    assert isinstance(compose_validator, Draft201909Validator)
+    assert _schema_errors(compose_validator, compose) == []
+    assert set(compose["services"]) == {"postgres", "redis", "app", "nginx"}
+
+
+def test_compose_schema_rejects_invalid_documents(compose, compose_validator):
+    bad_condition = copy.deepcopy(compose)
+    bad_condition["services"]["app"]["depends_on"]["postgres"]["condition"] = "healthy"
+    assert _schema_errors(compose_validator, bad_condition)
+
+    # YAML `true` unquoted is a boolean, which compose does not accept as an env value.
+    bad_env = copy.deepcopy(compose)
+    bad_env["services"]["app"]["environment"]["CREW7_BEHIND_PROXY"] = True
+    assert _schema_errors(compose_validator, bad_env)
+
+    unknown_key = copy.deepcopy(compose)
+    unknown_key["services"]["redis"]["healthcheck"]["every"] = "5s"
+    assert _schema_errors(compose_validator, unknown_key)
+
+
+def test_services_start_in_order_of_health(compose):
+    services = compose["services"]
+    assert services["app"]["depends_on"] == {
+        "postgres": {"condition": "service_healthy"},
+        "redis": {"condition": "service_healthy"},
+    }
+    assert services["nginx"]["depends_on"] == {"app": {"condition": "service_healthy"}}
+
+
+def test_every_service_has_a_healthcheck(compose):
+    for name, service in compose["services"].items():
+        check = service.get("healthcheck")
+        assert check, f"{name} has no healthcheck"
+        assert not check.get("disable"), name
+        assert check.get("test"), name
+    assert "/healthz" in " ".join(compose["services"]["app"]["healthcheck"]["test"])
+
+
+def test_app_service_settings(compose):
+    app = compose["services"]["app"]
+    env = app["environment"]
+    assert env["DATABASE_URL"].startswith("postgresql+psycopg://")
+    assert "@postgres:5432/" in env["DATABASE_URL"]
+    assert env["REDIS_URL"] == "redis://redis:6379/0"
+    assert env["CREW7_BEHIND_PROXY"] == "true"
+    assert "WEB_CONCURRENCY" in env
+    assert "ports" not in app, "only nginx is published"
+    nginx = compose["services"]["nginx"]
+    assert "8080:80" in nginx["ports"]
+    mounts = [v.split(":") for v in nginx["volumes"]]
+    assert ["./deploy/nginx.conf", "/etc/nginx/nginx.conf", "ro"] in mounts
+    for volume in compose["volumes"]:
+        assert any(
+            str(v).startswith(f"{volume}:")
+            for service in compose["services"].values()
+            for v in service.get("volumes", [])
+        ), f"named volume {volume} is unused"
+
+
+def test_migrations_run_before_gunicorn(compose):
+    command = compose["services"]["app"]["command"]
+    assert "deploy/boot.sh" in " ".join(command if isinstance(command, list) else [command])
+    assert os.access(BOOT, os.X_OK), "deploy/boot.sh must be executable"
+    subprocess.run(["sh", "-n", str(BOOT)], check=True, timeout=10)
+
+    lines = [
+        line.strip()
+        for line in BOOT.read_text().splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+    assert lines[0] == "set -eu", "a failed migration must stop the boot"
+    upgrade = lines.index("flask --app wsgi db upgrade")
+    (serve,) = [i for i, line in enumerate(lines) if line.startswith("exec gunicorn ")]
+    assert upgrade < serve
+    assert "-c gunicorn.conf.py wsgi:app" in lines[serve]
+
+
+def test_dockerfile():
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim\b", text, re.MULTILINE)
+    assert "pip install -c constraints.txt ." in text
+    assert re.search(r"CREW7_INSTANCE_PATH=/app/instance\b", text)
+    users = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)
+    assert users and users[-1] not in {"root", "0"}
+    assert re.search(r'^CMD \["\./deploy/boot\.sh"\]', text, re.MULTILINE)
+
+
+# --- nginx -------------------------------------------------------------------------------
+
+
+def _nginx_binary():
+    found = shutil.which("nginx") or next(
+        (
+            p
+            for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
+            if os.access(p, os.X_OK)
+        ),
+        None,
+    )
+    if found is None:
+        message = "nginx is not installed"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + " (required when CI=true)")
+        pytest.skip(message)
+    return found
+
+
+@pytest.fixture
+def nginx_dir():
+    # Not pytest's tmp_path: its parent is private to the user, and nginx's workers run as
+    # another user when the tests run as root, yet must reach the cache and temp folders.
+    path = Path(tempfile.mkdtemp(prefix="crew7-nginx-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def render_nginx_conf(workdir, listen_port, upstream):
+    """deploy/nginx.conf with its host-specific values pointed at workdir and loopback."""
+    text = NGINX_CONF.read_text()
+    for old, new in (
+        ("server app:8000;", f"server {upstream};"),
+        ("listen 80 default_server;", f"listen 127.0.0.1:{listen_port} default_server;"),
+        ("/var/run/nginx.pid", str(workdir / "nginx.pid")),
+        ("/var/cache/nginx", str(workdir / "cache")),
+        ("/dev/stdout", str(workdir / "access.log")),
+        ("/dev/stderr", str(workdir / "error.log")),
+    ):
+        assert old in text, f"{old!r} not found in deploy/nginx.conf"
+        text = text.replace(old, new)
+    (workdir / "cache").mkdir(exist_ok=True)
+    path = workdir / "nginx.conf"
+    path.write_text(text)
+    return path
+
+
+def test_nginx_config_is_valid(nginx_dir):
+    nginx = _nginx_binary()
+    conf = render_nginx_conf(nginx_dir, _free_port(), "127.0.0.1:9")
+    result = subprocess.run(
+        [nginx, "-t", "-q", "-e", "stderr", "-p", str(nginx_dir), "-c", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_nginx_config_caches_metadata_only():
+    text = NGINX_CONF.read_text()
+    blocks = dict(
+        re.findall(r"^ {8}location ([^{\n]+?) \{\n(.*?)\n {8}\}$", text, re.DOTALL | re.MULTILINE)
+    )
+    metadata = blocks.pop("/metadata/")
+    for directive in (
+        "proxy_cache crew7_metadata;",
+        "proxy_cache_lock on;",
+        "proxy_cache_use_stale error timeout updating http_500 http_502 http_503 http_504;",
+        "proxy_cache_background_update on;",
+        "proxy_cache_revalidate on;",
+        "proxy_cache_bypass $http_authorization;",
+        "proxy_no_cache $http_authorization;",
+        "add_header X-Cache-Status $upstream_cache_status",
+    ):
+        assert directive in metadata, directive
+    # The app's Cache-Control decides what is stored: nothing overrides or ignores it.
+    assert "proxy_ignore_headers" not in text
+    assert "proxy_cache_valid" not in text
+    assert set(blocks) == {"= /healthz", "= /nginx-health", "/"}
+    for name, body in blocks.items():
+        assert not re.search(r"proxy_cache\s+(?!off)", body), name
+    # A proxy_set_header inside a location would silently drop the server-level ones.
+    for name, body in [*blocks.items(), ("/metadata/", metadata)]:
+        assert "proxy_set_header" not in body, name
+    assert re.search(r"^\s*client_max_body_size 64k;", text, re.MULTILINE)
+    assert re.search(r"^\s*gzip_types [^;]*application/json", text, re.MULTILINE)
+
+
+# --- gunicorn.conf.py ----------------------------------------------------------------------
+
+
+_GUNICORN_ENV = (
+    "PORT",
+    "GUNICORN_BIND",
+    "WEB_CONCURRENCY",
+    "GUNICORN_WORKER_CLASS",
+    "GUNICORN_THREADS",
+    "GUNICORN_GRACEFUL_TIMEOUT",
+    "GUNICORN_CMD_ARGS",
+    "FORWARDED_ALLOW_IPS",
+)
+
+
+def _gunicorn_env(**values):
+    env = {k: v for k, v in os.environ.items() if k not in _GUNICORN_ENV}
+    env.update(values)
+    return env
+
+
+def test_gunicorn_config_as_gunicorn_resolves_it(tmp_path):
+    (tmp_path / "hello.py").write_text(
+        "def app(environ, start_response):\n    start_response('200 OK', [])\n    return [b'']\n"
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--print-config",
+            "-c",
+            str(GUNICORN_CONF),
+            "--chdir",
+            str(tmp_path),
+            "hello:app",
+        ],
+        env=_gunicorn_env(WEB_CONCURRENCY="3", FORWARDED_ALLOW_IPS="10.0.0.2,10.0.0.3"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    settings = {
+        name.strip(): value.strip()
+        for name, _, value in (line.partition("=") for line in result.stdout.splitlines())
+    }
+    assert settings["workers"] == "3"
+    assert settings["bind"] == "['0.0.0.0:8000']"
+    assert settings["accesslog"] == "-"
+    assert settings["errorlog"] == "-"
+    assert settings["forwarded_allow_ips"] == "['10.0.0.2', '10.0.0.3']"
+    assert settings["worker_class"] == "sync"
+    assert settings["timeout"] == "30"
+    assert settings["keepalive"] == "5"
+    assert settings["preload_app"] == "False"
+    assert "{x-forwarded-for}i" in settings["access_log_format"]
+    assert "%(M)s" in settings["access_log_format"]
+
+
+def test_gunicorn_config_defaults_and_overrides(monkeypatch):
+    for name in _GUNICORN_ENV:
+        monkeypatch.delenv(name, raising=False)
+    conf = runpy.run_path(str(GUNICORN_CONF))
+    assert conf["bind"] == "0.0.0.0:8000"
+    assert 3 <= conf["workers"] <= 12
+    assert conf["threads"] == 1
+    assert conf["forwarded_allow_ips"] == "127.0.0.1"
+    assert conf["preload_app"] is False
+
+    monkeypatch.setenv("PORT", "5000")
+    assert runpy.run_path(str(GUNICORN_CONF))["bind"] == "0.0.0.0:5000"
+    monkeypatch.setenv("GUNICORN_BIND", "127.0.0.1:7000")
+    monkeypatch.setenv("GUNICORN_WORKER_CLASS", "gthread")
+    monkeypatch.setenv("GUNICORN_THREADS", "4")
+    conf = runpy.run_path(str(GUNICORN_CONF))
+    assert conf["bind"] == "127.0.0.1:7000"
+    assert (conf["worker_class"], conf["threads"]) == ("gthread", 4)
+
+    monkeypatch.setenv("WEB_CONCURRENCY", "many")
+    with pytest.raises(RuntimeError, match="WEB_CONCURRENCY"):
+        runpy.run_path(str(GUNICORN_CONF))
+
+
+# --- nginx in front of gunicorn --------------------------------------------------------------
+
+ECHO_APP = textwrap.dedent(
+    """
+    import json
+
+    HITS = {}
+
+
+    def app(environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        if length:
+            environ["wsgi.input"].read(length)
+        HITS[path] = HITS.get(path, 0) + 1
+        seen = {
+            key[5:].replace("_", "-").lower(): value
+            for key, value in environ.items()
+            if key.startswith("HTTP_")
+        }
+        body = json.dumps(
+            {"path": path, "hits": dict(HITS), "headers": seen, "padding": "x" * 2048}
+        ).encode()
+        # Cacheable everywhere: only nginx's configuration decides what it stores.
+        start_response(
+            "200 OK",
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "public, max-age=60"),
+            ],
+        )
+        return [body]
+    """
+)
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _logs(*paths):
+    return "\n".join(p.read_text(errors="replace") for p in paths if p.exists())
+
+
+def _wait_for_port(port, proc, logs, deadline=8.0):
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            pytest.fail(f"exited with {proc.returncode}:\n{_logs(*logs)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    pytest.fail(f"port {port} not open after {deadline}s:\n{_logs(*logs)}")
+
+
+def _stop(proc):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+@pytest.fixture
+def stack(nginx_dir):
+    """nginx (deploy/nginx.conf) -> gunicorn (gunicorn.conf.py) -> an echo app."""
+    nginx = _nginx_binary()
+    (nginx_dir / "echo_app.py").write_text(ECHO_APP)
+    app_port, proxy_port = _free_port(), _free_port()
+    procs = []
+    gunicorn_log = nginx_dir / "gunicorn.log"
+    nginx_log = nginx_dir / "nginx.out"
+    try:
+        with gunicorn_log.open("wb") as out:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "gunicorn",
+                        "-c",
+                        str(GUNICORN_CONF),
+                        "--chdir",
+                        str(nginx_dir),
+                        "echo_app:app",
+                    ],
+                    env=_gunicorn_env(GUNICORN_BIND=f"127.0.0.1:{app_port}", WEB_CONCURRENCY="1"),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+            )
+        conf = render_nginx_conf(nginx_dir, proxy_port, f"127.0.0.1:{app_port}")
+        with nginx_log.open("wb") as out:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        nginx,
+                        "-e",
+                        "stderr",
+                        "-p",
+                        str(nginx_dir),
+                        "-c",
+                        str(conf),
+                        "-g",
+                        "daemon off;",
+                    ],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+            )
+        _wait_for_port(app_port, procs[0], [gunicorn_log])
+        _wait_for_port(proxy_port, procs[1], [nginx_log, nginx_dir / "error.log"])
+        yield {"port": proxy_port, "gunicorn_log": gunicorn_log}
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+
+
+def _request(port, path, method="GET", headers=None, body=None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        data = response.read()
+        result_headers = {k.lower(): v for k, v in response.getheaders()}
+        if result_headers.get("content-encoding") == "gzip":
+            data = gzip.decompress(data)
+        return response.status, result_headers, data
+    finally:
+        conn.close()
+
+
+def _json(response):
+    status, headers, data = response
+    assert status == 200, (status, data[:200])
+    return headers, json.loads(data)
+
+
+def test_nginx_in_front_of_gunicorn(stack):
+    port = stack["port"]
+
+    # Proxy headers reach the app; a client's X-Forwarded-For is kept and nginx appends the peer.
+    _, seen = _json(_request(port, "/crews", headers={"X-Forwarded-For": "203.0.113.7"}))
+    headers = seen["headers"]
+    assert headers["x-forwarded-for"] == "203.0.113.7, 127.0.0.1"
+    assert headers["x-real-ip"] == "127.0.0.1"
+    assert headers["x-forwarded-proto"] == "http"
+    assert headers["x-forwarded-host"] == f"127.0.0.1:{port}"
+    assert headers["host"] == f"127.0.0.1:{port}"
+
+    # gunicorn's access log names the forwarded client and the duration.
+    time.sleep(0.2)
+    log_lines = [
+        line for line in stack["gunicorn_log"].read_text().splitlines() if '"GET /crews ' in line
+    ]
+    assert log_lines and log_lines[0].startswith("203.0.113.7, 127.0.0.1 127.0.0.1 ")
+    assert re.search(r" \d+ms$", log_lines[0])
+
+    # Metadata: a miss, then a hit served by nginx without calling the app.
+    url = "/metadata/crew/1"
+    headers, first = _json(_request(port, url))
+    assert headers["x-cache-status"] == "MISS"
+    assert headers["cache-control"] == "public, max-age=60"
+    assert first["hits"][url] == 1
+    assert "accept-encoding" not in first["headers"], "the cache stores identity bodies"
+    headers, second = _json(_request(port, url, headers={"Accept-Encoding": "gzip"}))
+    assert headers["x-cache-status"] == "HIT"
+    assert headers["content-encoding"] == "gzip"
+    assert second == first
+
+    # The query string is part of the key.
+    headers, _ = _json(_request(port, "/metadata/crews?ids=1,2"))
+    assert headers["x-cache-status"] == "MISS"
+
+    # With Authorization: straight to the app, and the answer is not stored.
+    headers, private = _json(_request(port, url, headers={"Authorization": "Bearer t0ken"}))
+    assert headers["x-cache-status"] == "BYPASS"
+    assert private["hits"][url] == 2
+    headers, again = _json(_request(port, url))
+    assert headers["x-cache-status"] == "HIT"
+    assert again == first
+
+    # The API is not cached, even though the app marks the response public.
+    for expected in (2, 3):
+        headers, api = _json(_request(port, "/crews"))
+        assert "x-cache-status" not in headers
+        assert api["hits"]["/crews"] == expected
+    assert api["hits"][url] == 2, "cache hits never reached the app"
+
+    headers, health = _json(_request(port, "/healthz"))
+    assert health["path"] == "/healthz"
+    assert "x-cache-status" not in headers
+
+    # Body limit: 64 KiB passes, one byte more is refused by nginx before the app sees it.
+    status, _, _ = _request(port, "/crews", method="POST", body=b"x" * BODY_LIMIT)
+    assert status == 200
+    status, _, _ = _request(port, "/crews", method="POST", body=b"x" * (BODY_LIMIT + 1))
+    assert status == 413
+    _, after = _json(_request(port, "/crews"))
+    assert after["hits"]["/crews"] == 5, "the oversized request reached the app"
