@@ -5,6 +5,7 @@ import time
 
 import click
 from flask import current_app
+from flask.cli import with_appcontext
 from sqlalchemy import select
 
 from crew7.extensions import db
@@ -12,6 +13,7 @@ from crew7.models import User
 
 
 @click.command("create-user")
+@with_appcontext
 @click.argument("name")
 @click.option("--admin", is_flag=True, help="May read /cache/stats and other admin routes.")
 def create_user_command(name, admin):
@@ -26,6 +28,7 @@ def create_user_command(name, admin):
 
 
 @click.command("seed-demo")
+@with_appcontext
 @click.option("--users", default=3, show_default=True)
 @click.option("--crews", default=20, show_default=True)
 @click.option("--agents-per-crew", default=3, show_default=True)
@@ -43,6 +46,7 @@ def seed_demo_command(users, crews, agents_per_crew, runs_per_crew, private_ever
 
 
 @click.command("recompute-stats")
+@with_appcontext
 def recompute_stats_command():
     """Rebuild every crew's run aggregates from the runs table."""
     from crew7.services.run_stats import recompute_all_stats
@@ -53,6 +57,7 @@ def recompute_stats_command():
 
 
 @click.command("warm-cache")
+@with_appcontext
 @click.option(
     "--limit",
     type=click.IntRange(min=0),
@@ -70,6 +75,7 @@ def warm_cache_command(limit):
 
 
 @click.command("cache-clear")
+@with_appcontext
 @click.option("--crew", "crew_id", type=int, help="Only this crew's documents.")
 @click.option("--all", "everything", is_flag=True, help="Every metadata and stats document.")
 def cache_clear_command(crew_id, everything):
@@ -85,6 +91,7 @@ def cache_clear_command(crew_id, everything):
 
 
 @click.command("cache-stats")
+@with_appcontext
 def cache_stats_command():
     """Keys per family and memory used."""
     click.echo(json.dumps(get_cache().info(), indent=2, default=str))

@@ -166,13 +166,20 @@ class RedisServer:
     def _launch(self) -> None:
         cmd = [
             self.binary,
-            "--port", str(self.port),
-            "--bind", HOST,
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", self.tmpdir,
-            "--daemonize", "no",
-            "--logfile", self.logfile,
+            "--port",
+            str(self.port),
+            "--bind",
+            HOST,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self.tmpdir,
+            "--daemonize",
+            "no",
+            "--logfile",
+            self.logfile,
         ]
         self._frozen = False
         self._proc = subprocess.Popen(
@@ -201,8 +208,9 @@ class RedisServer:
     def _ping(self) -> bool:
         import redis
 
-        client = redis.Redis(host=HOST, port=self.port, socket_timeout=0.5,
-                             socket_connect_timeout=0.5)
+        client = redis.Redis(
+            host=HOST, port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5
+        )
         try:
             return bool(client.ping())
         except redis.RedisError:
@@ -395,15 +403,22 @@ class PostgresServer:
     def _initdb(self) -> None:
         cmd = [
             os.path.join(self.bindir, "initdb"),
-            "-D", self.datadir,
-            "-A", "trust",
-            "-U", PG_USER,
-            "-E", "UTF8",
+            "-D",
+            self.datadir,
+            "-A",
+            "trust",
+            "-U",
+            PG_USER,
+            "-E",
+            "UTF8",
             "--locale=C",
             "--no-sync",
         ]
         result = subprocess.run(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
             **self._popen_kwargs(),
         )
         if result.returncode != 0:
@@ -412,13 +427,20 @@ class PostgresServer:
     def _launch(self) -> None:
         cmd = [
             os.path.join(self.bindir, "postgres"),
-            "-D", self.datadir,
-            "-p", str(self.port),
-            "-k", self.basedir,
-            "-c", f"listen_addresses={HOST}",
-            "-c", "fsync=off",
-            "-c", "synchronous_commit=off",
-            "-c", "full_page_writes=off",
+            "-D",
+            self.datadir,
+            "-p",
+            str(self.port),
+            "-k",
+            self.basedir,
+            "-c",
+            f"listen_addresses={HOST}",
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
         ]
         with open(self.logfile, "ab") as log:
             self._proc = subprocess.Popen(

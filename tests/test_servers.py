@@ -41,9 +41,7 @@ def pg_server():
 
 
 def _client(server, timeout=0.2):
-    return redis.Redis.from_url(
-        server.url, socket_timeout=timeout, socket_connect_timeout=timeout
-    )
+    return redis.Redis.from_url(server.url, socket_timeout=timeout, socket_connect_timeout=timeout)
 
 
 # -- Redis ------------------------------------------------------------------

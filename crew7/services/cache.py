@@ -300,6 +300,10 @@ class CacheService:
         if self.client is None or not self.breaker.allow():
             raise CacheUnavailable("breaker open")
         try:
+            if self._pending and not self._flush_pending():
+                # What this process invalidated while Redis failed must land before
+                # anything is read from Redis again.
+                raise redis.ConnectionError("pending invalidations could not be applied")
             result = fn(*args, **kwargs)
         except redis.RedisError as exc:
             self.counters.redis_errors += 1
@@ -348,6 +352,23 @@ class CacheService:
             return self._call(self.client.mget, keys)
         except CacheUnavailable:
             return [None] * len(keys)
+
+    def get_many_counting_views(self, keys, members):
+        """One round trip: MGET ``keys`` and count a view of each of ``members``."""
+        if not keys:
+            return []
+
+        def run():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.mget(keys)
+            for member in members:
+                pipe.zincrby(self.views_key(), 1, member)
+            return pipe.execute()[0]
+
+        try:
+            return self._call(run)
+        except CacheUnavailable:
+            return None
 
     def set_many(self, mapping, ttl):
         """Store many values in one pipelined round trip."""

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from crew7.extensions import db
 from crew7.models import Agent, Crew, CrewStats
 from crew7.schemas.metadata import AgentMetadataSchema, CrewMetadataSchema
-from crew7.services.cache import AGENT, CREW, CREW_AGENTS, NULL, get_cache_service
+from crew7.services.cache import AGENT, CREW, CREW_AGENTS, get_cache_service
 
 _crew_schema = CrewMetadataSchema()
 _agent_schema = AgentMetadataSchema()
@@ -200,12 +200,13 @@ def many_crews_metadata_json(crew_ids):
     read-through path, so it is fenced and computed once.
     """
     cache = get_cache_service()
-    values = cache.get_many([cache.crew_key(c) for c in crew_ids]) if cache.enabled else None
+    values = None
+    if cache.enabled:
+        values = cache.get_many_counting_views(
+            [cache.crew_key(c) for c in crew_ids], [str(c) for c in crew_ids if c]
+        )
     if values is None:
         values = [None] * len(crew_ids)
-        cache.counters.bypasses += len(crew_ids)
-    else:
-        cache.count_views([c for c, v in zip(crew_ids, values, strict=True) if v != NULL])
     out = []
     for crew_id, value in zip(crew_ids, values, strict=True):
         if value is None:

@@ -1,0 +1,142 @@
+"""A dead or frozen Redis is invisible to clients: answers come from the database."""
+
+import logging
+import time
+
+import pytest
+
+from tests.helpers import body, seed_crew
+from tests.servers import RedisServer, find_redis_server
+
+
+@pytest.fixture
+def own_redis():
+    if find_redis_server() is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisServer.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fragile_app(app_factory, own_redis):
+    app = app_factory(REDIS_URL=own_redis.url, BREAKER_THRESHOLD=3, BREAKER_COOLDOWN=1.0)
+    from crew7.services.users import create_user
+
+    with app.app_context():
+        _, token = create_user("dora")
+    client = app.test_client()
+    user = {"headers": {"Authorization": f"Bearer {token}"}}
+    crew, agents = seed_crew(client, user, agents=1)
+    return app, client, user, crew["id"], agents[0]["id"]
+
+
+def timed_get(client, url):
+    started = time.perf_counter()
+    r = client.get(url)
+    return r, time.perf_counter() - started
+
+
+def breaker_messages(caplog):
+    return [r.getMessage() for r in caplog.records if "circuit breaker" in r.getMessage()]
+
+
+@pytest.mark.parametrize("fault", ["stopped", "frozen"])
+def test_requests_answer_while_redis_is_down(fragile_app, own_redis, caplog, fault):
+    app, client, user, cid, aid = fragile_app
+    cache = app.extensions["crew7.cache"]
+    assert client.get(f"/metadata/crew/{cid}").status_code == 200
+    caplog.set_level(logging.WARNING, logger="crew7")
+    own_redis.freeze() if fault == "frozen" else own_redis.stop()
+    try:
+        urls = [
+            f"/metadata/crew/{cid}",
+            f"/metadata/agent/{aid}",
+            f"/metadata/crew/{cid}/agents",
+            f"/metadata/crews?ids={cid},{cid + 1}",
+            "/stats/popular-crews",
+            "/stats/leaderboard/runs",
+            f"/crews/{cid}",
+        ]
+        slow = []
+        for n in range(40):
+            url = urls[n % len(urls)]
+            r, took = timed_get(client, url)
+            assert r.status_code == 200, (url, r.get_data())
+            slow.append(took)
+        # Writes commit, and their invalidations are kept for later.
+        r = client.patch(
+            f"/crews/{cid}", json={"name": "Written during outage"}, headers=user["headers"]
+        )
+        assert r.status_code == 200
+        assert body(client.get(f"/metadata/crew/{cid}"))["name"] == "Written during outage"
+        # Only the calls before the breaker opened waited for a timeout (0.25 s each).
+        assert sum(1 for t in slow if t > 0.2) <= 3, [round(t, 3) for t in slow]
+        assert max(slow[5:]) < 0.2
+        assert sum(slow) < 3.0
+        assert cache.breaker.state in ("open", "half-open")
+        assert cache.counters.bypasses >= 30
+        assert breaker_messages(caplog) and len(breaker_messages(caplog)) == 1
+        assert client.get("/readyz").status_code == 503
+        assert body(client.get("/readyz"))["checks"]["redis"] == "down"
+    finally:
+        own_redis.resume() if fault == "frozen" else own_redis.restart()
+    # Recovery is automatic once the cooldown has passed.
+    time.sleep(1.1)
+    deadline = time.monotonic() + 5
+    while cache.breaker.state != "closed" and time.monotonic() < deadline:
+        client.get(f"/metadata/crew/{cid}")
+        time.sleep(0.05)
+    assert cache.breaker.state == "closed"
+    messages = breaker_messages(caplog)
+    assert len(messages) == 2 and "closed" in messages[1]
+    assert cache.pending_invalidations == 0
+    hits = cache.counters.hits
+    client.get(f"/metadata/crew/{cid}")
+    client.get(f"/metadata/crew/{cid}")
+    assert cache.counters.hits > hits
+    assert body(client.get(f"/metadata/crew/{cid}"))["name"] == "Written during outage"
+
+
+def test_invalidation_missed_during_outage_is_applied_before_reading_again(fragile_app, own_redis):
+    """Redis keeps its data through a freeze: a write during it must not leave stale data."""
+    app, client, user, cid, aid = fragile_app
+    cache = app.extensions["crew7.cache"]
+    assert body(client.get(f"/metadata/crew/{cid}"))["name"] == "Research Crew"
+    own_redis.freeze()
+    try:
+        r = client.patch(f"/crews/{cid}", json={"name": "New name"}, headers=user["headers"])
+        assert r.status_code == 200
+        assert cache.pending_invalidations > 0
+    finally:
+        own_redis.resume()
+    # The very next reads, on this process, must not see the old document.
+    for _ in range(30):
+        assert body(client.get(f"/metadata/crew/{cid}"))["name"] == "New name"
+        time.sleep(0.05)
+    assert cache.pending_invalidations == 0
+
+
+def test_frozen_redis_costs_no_more_than_the_socket_timeout(fragile_app, own_redis):
+    app, client, user, cid, aid = fragile_app
+    own_redis.freeze()
+    try:
+        r, took = timed_get(client, f"/metadata/crew/{cid}")
+        assert r.status_code == 200 and took < 1.0  # redis-py's defaults: about a minute
+    finally:
+        own_redis.resume()
+
+
+def test_cache_disabled_by_setting(app_factory, redis_client, make_user):
+    app = app_factory(METADATA_CACHE_ENABLED=False)
+    client = app.test_client()
+    from crew7.services.users import create_user
+
+    with app.app_context():
+        _, token = create_user("erin")
+    crew, _ = seed_crew(client, {"headers": {"Authorization": f"Bearer {token}"}}, agents=0)
+    for _ in range(3):
+        assert client.get(f"/metadata/crew/{crew['id']}").status_code == 200
+    cache = app.extensions["crew7.cache"]
+    assert cache.counters.computations == 3 and cache.counters.bypasses == 3
+    assert redis_client.exists(f"metadata:crew:{crew['id']}") == 0
