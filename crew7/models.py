@@ -113,12 +113,14 @@ class Run(db.Model):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     crew_id: Mapped[int] = mapped_column(ForeignKey("crews.id", ondelete="CASCADE"))
-    status: Mapped[str] = mapped_column(String(16), default="queued")
-    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # active_history: a change must know the old value (loaded if expired) so the
+    # crew's aggregates can be adjusted by the difference.
+    status: Mapped[str] = mapped_column(String(16), default="queued", active_history=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, active_history=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
-    duration: Mapped[float | None] = mapped_column(Float)  # seconds
-    tokens_used: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    duration: Mapped[float | None] = mapped_column(Float, active_history=True)  # seconds
+    tokens_used: Mapped[int] = mapped_column(Integer, default=0, active_history=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, active_history=True)
 
     crew: Mapped[Crew] = relationship()
 
