@@ -40,6 +40,20 @@ class DefaultConfig:
     BREAKER_THRESHOLD = 3
     BREAKER_COOLDOWN = 5.0
 
+    # Single flight: the lease of the one request computing a cold key (a holder that dies
+    # is replaced after it), and how long the others wait for its result at most.
+    CACHE_LOCK_LEASE = 2.0
+    CACHE_WAIT_MAX = 3.0
+    # XFetch: hot keys are refreshed early, with a chance that rises over about this many
+    # seconds before expiry (or the computation time times XFETCH_BETA, if larger).
+    CACHE_EARLY_REFRESH_WINDOW = 1.0
+    XFETCH_BETA = 1.0
+    # Fault injection for the concurrency tests: seconds between the database read and
+    # the fill. Always 0 in production.
+    CACHE_FILL_DELAY = 0.0
+    # Log every computation of a document (key and pid), for tests and debugging.
+    CACHE_TRACE = False
+
     # Warming at start-up (once per deployment, not per worker).
     CACHE_WARM_ON_START = True
     CACHE_WARM_COUNT = 10
@@ -70,6 +84,11 @@ _INT_SETTINGS = {
     "PROXY_HOPS": 1,
 }
 _FLOAT_SETTINGS = {
+    "CACHE_LOCK_LEASE": 0.05,
+    "CACHE_WAIT_MAX": 0.05,
+    "CACHE_EARLY_REFRESH_WINDOW": 0.0,
+    "XFETCH_BETA": 0.0,
+    "CACHE_FILL_DELAY": 0.0,
     "REDIS_SOCKET_TIMEOUT": 0.001,
     "REDIS_CONNECT_TIMEOUT": 0.001,
     "BREAKER_COOLDOWN": 0.0,
@@ -79,6 +98,7 @@ _BOOL_SETTINGS = (
     "BEHIND_PROXY",
     "CACHE_WARM_ON_START",
     "BENCH_ROUTES",
+    "CACHE_TRACE",
 )
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -127,6 +147,11 @@ def validate_config(config):
         config[name] = _coerce_number(name, config.get(name), int, minimum)
     for name, minimum in _FLOAT_SETTINGS.items():
         config[name] = _coerce_number(name, config.get(name), float, minimum)
+    if config["CACHE_WAIT_MAX"] <= config["CACHE_LOCK_LEASE"]:
+        raise ConfigError(
+            "invalid setting CACHE_WAIT_MAX: must exceed CACHE_LOCK_LEASE, so that waiters "
+            "outlive the lease of a holder that died"
+        )
     if config["PAGE_SIZE_DEFAULT"] > config["PAGE_SIZE_MAX"]:
         raise ConfigError("invalid setting PAGE_SIZE_DEFAULT: larger than PAGE_SIZE_MAX")
     for name in ("BASE_URL", "CDN_URL"):

@@ -48,7 +48,7 @@ import uuid
 
 import redis
 from cachelib.serializers import BaseSerializer
-from flask import current_app
+from flask import after_this_request, current_app, has_request_context
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -219,6 +219,7 @@ class Counters:
         self.redis_errors = 0
         self.early_refreshes = 0
         self.waits = 0
+        self.wait_timeouts = 0
         self.fills_rejected = 0
 
     def as_dict(self):
@@ -228,15 +229,18 @@ class Counters:
 class CacheService:
     """Read-through cache of metadata documents and stats over Flask-Caching's Redis client."""
 
-    LOCK_LEASE_MS = 5000
-    WAIT_MAX = 3.0
     FENCE_TTL = 86400
-    XFETCH_BETA = 1.0
 
     def __init__(self, client, config, prefix=""):
         self.client = client
         self.prefix = prefix or ""
         self.enabled = config["METADATA_CACHE_ENABLED"]
+        self.lease_ms = int(config["CACHE_LOCK_LEASE"] * 1000)
+        self.wait_max = config["CACHE_WAIT_MAX"]
+        self.refresh_window = config["CACHE_EARLY_REFRESH_WINDOW"]
+        self.xfetch_beta = config["XFETCH_BETA"]
+        self.fill_delay = config["CACHE_FILL_DELAY"]
+        self.trace = config["CACHE_TRACE"]
         self.ttl = {
             CREW: config["METADATA_TTL"],
             AGENT: config["METADATA_TTL"],
@@ -419,18 +423,18 @@ class CacheService:
             value, pttl = reply[1], reply[2]
             self.counters.hits += 1
             if self._should_refresh_early(family, pttl):
-                self._refresh_early(family, key, compute)
+                self._schedule_early_refresh(family, key, compute)
             return value, True
         self.counters.misses += 1
         return self._fill(family, key, compute, _text(reply[1])), False
 
     def _fill(self, family, key, compute, fence):
         lock_key = self.lock_key(key)
-        token = uuid.uuid4().hex
-        deadline = time.monotonic() + self.WAIT_MAX
+        token = _lock_token()
+        deadline = time.monotonic() + self.wait_max
         while True:
             try:
-                got = self._call(self.client.set, lock_key, token, nx=True, px=self.LOCK_LEASE_MS)
+                got = self._call(self.client.set, lock_key, token, nx=True, px=self.lease_ms)
             except CacheUnavailable:
                 return self._compute(family, compute)
             if got:
@@ -439,7 +443,8 @@ class CacheService:
             if value is not None:
                 return value
             if time.monotonic() >= deadline:
-                # The holder is slow or gone and its lease still runs: answer anyway.
+                # The holder is slow and its lease still runs: answer anyway, uncached.
+                self.counters.wait_timeouts += 1
                 return self._compute(family, compute)
             # The lock was released without a value (the fill was fenced out, or the
             # holder failed): read the fence again before reading the database.
@@ -468,17 +473,21 @@ class CacheService:
                 return None
         return None
 
-    def _compute(self, family, compute):
+    def _compute(self, family, compute, key=None):
         started = time.perf_counter()
         document = compute()
         elapsed = time.perf_counter() - started
         self.counters.computations += 1
         self._delta[family] = 0.8 * self._delta[family] + 0.2 * elapsed
+        if self.trace:
+            log.info("cache compute key=%s pid=%d ms=%.1f", key, os.getpid(), elapsed * 1000)
         return NULL if document is None else document
 
     def _compute_and_store(self, family, key, compute, fence, token):
         try:
-            value = self._compute(family, compute)
+            value = self._compute(family, compute, key)
+            if self.fill_delay:
+                time.sleep(self.fill_delay)  # fault injection: widen the race window
         except BaseException:
             self._release(self.lock_key(key), token)
             raise
@@ -503,19 +512,48 @@ class CacheService:
 
     def _should_refresh_early(self, family, pttl):
         # XFetch (Vattani, Chierichetti, Lowenstein, VLDB 2015): refresh when
-        # now - delta * beta * ln(rand) >= expiry; the chance rises as expiry nears.
+        # now - delta * beta * ln(rand) >= expiry, so the chance rises as expiry nears and
+        # one request refreshes a hot key before it expires. delta is at least the refresh
+        # window: our computations take milliseconds, and a window that short would let
+        # the key expire between two requests.
         if pttl is None or pttl < 0:
             return False
-        gap = -self._delta[family] * self.XFETCH_BETA * math.log(1.0 - random.random())
+        delta = max(self._delta[family] * self.xfetch_beta, self.refresh_window)
+        if delta <= 0:
+            return False
+        gap = -delta * math.log(1.0 - random.random())
         return gap * 1000 >= pttl
+
+    def _schedule_early_refresh(self, family, key, compute):
+        """Refresh after the response is sent, so no client waits on the computation."""
+        if not has_request_context():
+            self._refresh_early(family, key, compute)
+            return
+        app = current_app._get_current_object()
+
+        def refresh():
+            with app.app_context():
+                try:
+                    self._refresh_early(family, key, compute)
+                except Exception:
+                    log.exception("early refresh of %s failed", key)
+                finally:
+                    from crew7.extensions import db
+
+                    db.session.remove()
+
+        @after_this_request
+        def register(response):
+            response.call_on_close(refresh)
+            return response
 
     def _refresh_early(self, family, key, compute):
         """Recompute a hot key before it expires; only the lock holder does it."""
         lock_key = self.lock_key(key)
-        token = uuid.uuid4().hex
+        token = _lock_token()
         try:
             fence = _text(self._call(self.client.get, self.fence_key(key)) or b"")
-            if not self._call(self.client.set, lock_key, token, nx=True, px=self.LOCK_LEASE_MS):
+            if not self._call(self.client.set, lock_key, token, nx=True, px=self.lease_ms):
                 return
         except CacheUnavailable:
             return
@@ -770,6 +808,11 @@ def _as_bytes(value):
     if isinstance(value, str):
         return value.encode()
     return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _lock_token():
+    # The holder's pid makes a stuck lease traceable to its process.
+    return f"{os.getpid()}:{uuid.uuid4().hex}"
 
 
 def _text(value):
