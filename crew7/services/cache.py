@@ -500,6 +500,8 @@ class CacheService:
             )
             if not stored:
                 self.counters.fills_rejected += 1
+                if self.trace:
+                    log.info("cache fill rejected key=%s pid=%d", key, os.getpid())
         except CacheUnavailable:
             pass
         return value
