@@ -245,3 +245,15 @@ def test_health(client, app, redis_server):
     assert client.get("/healthz").get_json() == {"status": "ok"}
     r = client.get("/readyz")
     assert r.status_code == 200 and r.get_json()["checks"] == {"database": "ok", "redis": "ok"}
+
+
+def test_bench_routes_only_with_the_setting(app_factory, redis_client):
+    plain = app_factory()
+    assert plain.test_client().get("/bench/static").status_code == 404
+    app = app_factory(BENCH_ROUTES=True)
+    client = app.test_client()
+    r = client.get("/bench/static")
+    assert r.status_code == 200 and r.get_json()["name"] == "baseline"
+    assert client.get("/bench/redis-get/1").status_code == 404
+    redis_client.set("metadata:crew:1", b'{"name":"x"}')
+    assert client.get("/bench/redis-get/1").get_data() == b'{"name":"x"}'

@@ -54,3 +54,17 @@ def static_document():
         mimetype="application/json",
         headers={"Access-Control-Allow-Origin": "*", "Cache-Control": "public, max-age=300"},
     )
+
+
+@bench_bp.get("/redis-get/<int:crew_id>")
+def redis_get(crew_id):
+    """The benchmark's reference hit: one bare Redis GET of the stored document."""
+    cache = get_cache_service()
+    body = cache.client.get(cache.crew_key(crew_id))
+    if body is None:
+        return Response(b'{"error":"not cached"}', status=404, mimetype="application/json")
+    return Response(
+        body,
+        mimetype="application/json",
+        headers={"Access-Control-Allow-Origin": "*", "Cache-Control": "public, max-age=300"},
+    )
