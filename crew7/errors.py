@@ -8,6 +8,7 @@ Validation errors are 422 everywhere, with per-field messages under ``fields``.
 import logging
 
 from flask import current_app, jsonify
+from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 log = logging.getLogger(__name__)
@@ -70,11 +71,31 @@ def handle_http_exception(exc):
     return error_response(exc.code, message or exc.description or exc.name, fields, headers)
 
 
+def handle_database_unavailable(exc):
+    """The database is unreachable: a JSON 503 the client may retry, logged once per error."""
+    from crew7.extensions import db
+
+    log.warning("database unavailable: %s", str(exc.orig or exc).splitlines()[0][:200])
+    try:
+        db.session.rollback()
+    except Exception:  # the connection is already gone; nothing more to undo
+        pass
+    return error_response(503, "database unavailable, retry shortly", headers={"Retry-After": "5"})
+
+
 def handle_unexpected(exc):
     if isinstance(exc, HTTPException):
         return handle_http_exception(exc)
+    if isinstance(exc, OperationalError | InterfaceError) and _is_disconnect(exc):
+        return handle_database_unavailable(exc)
     log.exception("unhandled error")
     return error_response(500, InternalServerError.description)
+
+
+def _is_disconnect(exc):
+    # SQLAlchemy flags lost connections; a refused connection at connect time is an
+    # OperationalError from the driver without that flag.
+    return exc.connection_invalidated or isinstance(exc, OperationalError)
 
 
 def handle_service_error(exc):

@@ -1,0 +1,52 @@
+"""A database outage: cached documents are still served, the rest get a JSON 503."""
+
+import pytest
+
+from tests.helpers import body, seed_crew
+from tests.servers import PostgresServer, find_postgres_bin
+
+
+@pytest.fixture
+def own_postgres():
+    if find_postgres_bin() is None:
+        pytest.skip("PostgreSQL is not installed")
+    server = PostgresServer.start()
+    yield server
+    server.close()
+
+
+def test_database_down(own_postgres, redis_server, redis_client):
+    from tests.conftest import make_app, reset_schema
+
+    app = make_app(own_postgres.url, redis_server.url)
+    reset_schema(app)
+    from crew7.services.users import create_user
+
+    with app.app_context():
+        _, token = create_user("owner")
+    client = app.test_client()
+    user = {"headers": {"Authorization": f"Bearer {token}"}}
+    cached, _ = seed_crew(client, user, agents=0)
+    uncached, _ = seed_crew(client, user, agents=0, name="Cold")
+    assert client.get(f"/metadata/crew/{cached['id']}").status_code == 200
+    own_postgres.stop()
+    try:
+        r = client.get(f"/metadata/crew/{cached['id']}")
+        assert r.status_code == 200 and body(r)["name"] == "Research Crew"
+        for url in (f"/metadata/crew/{uncached['id']}", f"/crews/{uncached['id']}", "/crews"):
+            r = client.get(url)
+            assert r.status_code == 503, (url, r.status_code)
+            assert body(r)["error"]["code"] == "service_unavailable"
+            assert int(r.headers["Retry-After"]) > 0
+            assert "Traceback" not in r.get_data(as_text=True)
+        r = client.post("/crews", json={"name": "x"}, headers=user["headers"])
+        assert r.status_code == 503
+        assert client.get("/readyz").status_code == 503
+    finally:
+        own_postgres.restart()
+    assert client.get(f"/metadata/crew/{uncached['id']}").status_code == 200
+    with app.app_context():
+        from crew7.extensions import db
+
+        db.session.remove()
+        db.engine.dispose()
