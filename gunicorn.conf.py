@@ -66,3 +66,35 @@ preload_app = False
 # No gunicornc control socket (gunicorn >= 25.1; older versions ignore the name): its default
 # path under $HOME is not writable for the image's user and is shared by every instance.
 control_socket_disable = True
+
+# Prometheus multiprocess mode: each worker writes its counters to files in one directory
+# that /metrics and /cache/stats merge. A fresh directory per master, set before any worker
+# imports the app (prometheus_client reads the variable at import).
+_own_metrics_dir = None
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    import tempfile
+
+    _own_metrics_dir = tempfile.mkdtemp(prefix="crew7-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _own_metrics_dir
+
+
+def on_starting(server):
+    # Counters from an earlier master with the same directory must not be counted again.
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(directory, exist_ok=True)
+    for name in os.listdir(directory):
+        if name.endswith(".db"):
+            os.unlink(os.path.join(directory, name))
+
+
+def child_exit(server, worker):
+    from crew7.services.metrics import worker_exit
+
+    worker_exit(worker.pid)
+
+
+def on_exit(server):
+    if _own_metrics_dir:
+        import shutil
+
+        shutil.rmtree(_own_metrics_dir, ignore_errors=True)

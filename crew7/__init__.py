@@ -98,12 +98,16 @@ def register_blueprints(app):
     from crew7.extensions import api
     from crew7.health.views import bp as health_bp
     from crew7.metadata.views import blp as metadata_blp
+    from crew7.ops.views import bp as ops_bp
+    from crew7.ops.views import register_request_metrics
     from crew7.stats.views import blp as stats_blp
 
     api.register_blueprint(crews_blp)
     api.register_blueprint(metadata_blp)
     api.register_blueprint(stats_blp)
     app.register_blueprint(health_bp)
+    app.register_blueprint(ops_bp)
+    register_request_metrics(app)
     if app.config["BENCH_ROUTES"]:
         from crew7.health.views import bench_bp
 

@@ -93,8 +93,10 @@ def cache_clear_command(crew_id, everything):
 @click.command("cache-stats")
 @with_appcontext
 def cache_stats_command():
-    """Keys per family and memory used."""
-    click.echo(json.dumps(get_cache().info(), indent=2, default=str))
+    """Hits, misses and hit rate per family (all workers), keys per family, memory used."""
+    from crew7.ops.views import cache_report
+
+    click.echo(json.dumps(cache_report(), indent=2, default=str))
 
 
 def get_cache():

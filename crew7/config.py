@@ -54,6 +54,12 @@ class DefaultConfig:
     # Log every computation of a document (key and pid), for tests and debugging.
     CACHE_TRACE = False
 
+    # A warning is logged when the hit rate over the last HIT_RATE_WINDOW seconds (with at
+    # least HIT_RATE_MIN_LOOKUPS lookups) falls below this fraction; 0 turns it off.
+    HIT_RATE_ALERT_THRESHOLD = 0.5
+    HIT_RATE_WINDOW = 60
+    HIT_RATE_MIN_LOOKUPS = 100
+
     # Warming at start-up (once per deployment, not per worker).
     CACHE_WARM_ON_START = True
     CACHE_WARM_COUNT = 10
@@ -82,6 +88,8 @@ _INT_SETTINGS = {
     "PAGE_SIZE_MAX": 1,
     "BREAKER_THRESHOLD": 1,
     "PROXY_HOPS": 1,
+    "HIT_RATE_WINDOW": 1,
+    "HIT_RATE_MIN_LOOKUPS": 1,
 }
 _FLOAT_SETTINGS = {
     "CACHE_LOCK_LEASE": 0.05,
@@ -89,6 +97,7 @@ _FLOAT_SETTINGS = {
     "CACHE_EARLY_REFRESH_WINDOW": 0.0,
     "XFETCH_BETA": 0.0,
     "CACHE_FILL_DELAY": 0.0,
+    "HIT_RATE_ALERT_THRESHOLD": 0.0,
     "REDIS_SOCKET_TIMEOUT": 0.001,
     "REDIS_CONNECT_TIMEOUT": 0.001,
     "BREAKER_COOLDOWN": 0.0,
@@ -147,6 +156,8 @@ def validate_config(config):
         config[name] = _coerce_number(name, config.get(name), int, minimum)
     for name, minimum in _FLOAT_SETTINGS.items():
         config[name] = _coerce_number(name, config.get(name), float, minimum)
+    if config["HIT_RATE_ALERT_THRESHOLD"] > 1:
+        raise ConfigError("invalid setting HIT_RATE_ALERT_THRESHOLD: a fraction from 0 to 1")
     if config["CACHE_WAIT_MAX"] <= config["CACHE_LOCK_LEASE"]:
         raise ConfigError(
             "invalid setting CACHE_WAIT_MAX: must exceed CACHE_LOCK_LEASE, so that waiters "

@@ -108,6 +108,17 @@ if v then return {1, v, redis.call('PTTL', KEYS[1])} end
 return {0, redis.call('GET', KEYS[2]) or ''}
 """
 
+# KEYS: doc, lock  ARGV: lock_token, lease_ms
+# -> {1, value} if the value is there by now, {2} when the lock is ours, {0} if held.
+# Checking the value and taking the lock in one step closes the window in which a
+# holder fills and releases between our miss and our lock attempt.
+_ACQUIRE = """
+local v = redis.call('GET', KEYS[1])
+if v then return {1, v} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+return {0}
+"""
+
 # KEYS: doc, fence, lock  ARGV: value, ttl_ms, fence_seen, lock_token
 # Stores the value only if no invalidation happened since the fence was read.
 _FILL = """
@@ -184,6 +195,7 @@ class CircuitBreaker:
                 return
             self.opened_at = None
         if reopened:
+            _set_breaker_gauge(0)
             log.warning("Redis reachable again: cache circuit breaker closed")
 
     def failure(self, exc):
@@ -196,6 +208,7 @@ class CircuitBreaker:
             if self.failures < self.threshold:
                 return
             self.opened_at = time.monotonic()
+        _set_breaker_gauge(1)
         log.warning(
             "Redis unavailable (%s: %s): cache circuit breaker open, serving from the "
             "database for %.1f s",
@@ -205,25 +218,114 @@ class CircuitBreaker:
         )
 
 
+def _set_breaker_gauge(value):
+    from crew7.services import metrics
+
+    metrics.breaker_open.set(value)
+
+
 class Counters:
-    """In-process counts of what the cache did (read by tests and stats)."""
+    """What the cache did: per-process totals (for tests and this process) and the
+    Prometheus counters per key family (aggregated across workers), in one call."""
+
+    _FIELDS = {
+        "hit": "hits",
+        "miss": "misses",
+        "bypass": "bypasses",
+        "computation": "computations",
+        "computation_error": "computation_errors",
+        "wait": "waits",
+        "wait_timeout": "wait_timeouts",
+        "fill_rejected": "fills_rejected",
+        "early_refresh": "early_refreshes",
+    }
 
     def __init__(self):
+        from crew7.services import metrics
+
+        self._metric = {
+            (family, event): metrics.cache_events.labels(family, event)
+            for family in (CREW, AGENT, CREW_AGENTS, STATS)
+            for event in self._FIELDS
+        }
+        self._redis_errors = metrics.redis_errors
+        self.window = HitRateWindow()
         self.reset()
 
     def reset(self):
-        self.hits = 0
-        self.misses = 0
-        self.bypasses = 0
-        self.computations = 0
+        for field in self._FIELDS.values():
+            setattr(self, field, 0)
         self.redis_errors = 0
-        self.early_refreshes = 0
-        self.waits = 0
-        self.wait_timeouts = 0
-        self.fills_rejected = 0
+
+    def record(self, family, event, n=1):
+        field = self._FIELDS[event]
+        setattr(self, field, getattr(self, field) + n)
+        self._metric[(family, event)].inc(n)
+        if event in ("hit", "miss", "bypass"):
+            self.window.add(event == "hit", n)
+
+    def redis_error(self):
+        self.redis_errors += 1
+        self._redis_errors.inc()
 
     def as_dict(self):
-        return dict(vars(self))
+        return {f: getattr(self, f) for f in (*self._FIELDS.values(), "redis_errors")}
+
+
+class HitRateWindow:
+    """Hit rate over a sliding window (per process); warns when it falls below a threshold.
+
+    Lookups are counted in one-second buckets; the check runs at most every few seconds,
+    so the hot path pays a dict update.
+    """
+
+    def __init__(self, seconds=60, threshold=0.0, min_lookups=100):
+        self.configure(seconds, threshold, min_lookups)
+        self.buckets = {}
+        self._next_check = 0.0
+        self._alerting = False
+
+    def configure(self, seconds, threshold, min_lookups):
+        self.seconds = seconds
+        self.threshold = threshold
+        self.min_lookups = min_lookups
+
+    def add(self, hit, n=1):
+        now = time.monotonic()
+        second = int(now)
+        bucket = self.buckets.get(second)
+        if bucket is None:
+            bucket = self.buckets[second] = [0, 0]
+        bucket[0 if hit else 1] += n
+        if now >= self._next_check:
+            self._next_check = now + min(5.0, self.seconds / 4)
+            self.check(now)
+
+    def rate(self, now=None):
+        now = time.monotonic() if now is None else now
+        horizon = int(now) - self.seconds
+        for second in [s for s in self.buckets if s <= horizon]:
+            del self.buckets[second]
+        hits = sum(b[0] for b in self.buckets.values())
+        total = hits + sum(b[1] for b in self.buckets.values())
+        return (hits / total if total else None), total
+
+    def check(self, now=None):
+        if not self.threshold:
+            return
+        rate, total = self.rate(now)
+        low = rate is not None and total >= self.min_lookups and rate < self.threshold
+        if low and not self._alerting:
+            log.warning(
+                "cache hit rate %.1f%% over the last %d s (%d lookups) is below %.0f%%",
+                100 * rate,
+                self.seconds,
+                total,
+                100 * self.threshold,
+            )
+        elif not low and self._alerting and rate is not None:
+            log.warning("cache hit rate back to %.1f%%", 100 * rate)
+        self._alerting = low
 
 
 class CacheService:
@@ -251,6 +353,11 @@ class CacheService:
         self.stats_ttl = config["STATS_TTL"]
         self.negative_ttl = config["NEGATIVE_TTL"]
         self.counters = Counters()
+        self.counters.window.configure(
+            config["HIT_RATE_WINDOW"],
+            config["HIT_RATE_ALERT_THRESHOLD"],
+            config["HIT_RATE_MIN_LOOKUPS"],
+        )
         self._pending = set()
         self._pending_lock = threading.Lock()
         self._retry_timer = None
@@ -264,6 +371,7 @@ class CacheService:
             self._scripts = {
                 "read": client.register_script(_READ),
                 "fill": client.register_script(_FILL),
+                "acquire": client.register_script(_ACQUIRE),
                 "invalidate": client.register_script(_INVALIDATE),
                 "release": client.register_script(_RELEASE),
             }
@@ -310,7 +418,7 @@ class CacheService:
                 raise redis.ConnectionError("pending invalidations could not be applied")
             result = fn(*args, **kwargs)
         except redis.RedisError as exc:
-            self.counters.redis_errors += 1
+            self.counters.redis_error()
             self.breaker.failure(exc)
             raise CacheUnavailable(str(exc)) from exc
         self.breaker.success()
@@ -406,7 +514,7 @@ class CacheService:
         the others wait for its result (bounded), then compute themselves.
         """
         if not self.enabled:
-            self.counters.bypasses += 1
+            self.counters.record(family, "bypass")
             return self._compute(family, compute), False
         fence_key = self.fence_key(key)
         keys = [key, fence_key]
@@ -417,15 +525,15 @@ class CacheService:
         try:
             reply = self._call(self._scripts["read"], keys=keys, args=args)
         except CacheUnavailable:
-            self.counters.bypasses += 1
+            self.counters.record(family, "bypass")
             return self._compute(family, compute), False
         if reply[0] == 1:
             value, pttl = reply[1], reply[2]
-            self.counters.hits += 1
+            self.counters.record(family, "hit")
             if self._should_refresh_early(family, pttl):
                 self._schedule_early_refresh(family, key, compute)
             return value, True
-        self.counters.misses += 1
+        self.counters.record(family, "miss")
         return self._fill(family, key, compute, _text(reply[1])), False
 
     def _fill(self, family, key, compute, fence):
@@ -434,17 +542,22 @@ class CacheService:
         deadline = time.monotonic() + self.wait_max
         while True:
             try:
-                got = self._call(self.client.set, lock_key, token, nx=True, px=self.lease_ms)
+                reply = self._call(
+                    self._scripts["acquire"], keys=[key, lock_key], args=[token, self.lease_ms]
+                )
             except CacheUnavailable:
                 return self._compute(family, compute)
-            if got:
+            if reply[0] == 1:
+                return reply[1]
+            if reply[0] == 2:
                 return self._compute_and_store(family, key, compute, fence, token)
+            self.counters.record(family, "wait")
             value = self._wait_for(key, lock_key, deadline)
             if value is not None:
                 return value
             if time.monotonic() >= deadline:
                 # The holder is slow and its lease still runs: answer anyway, uncached.
-                self.counters.wait_timeouts += 1
+                self.counters.record(family, "wait_timeout")
                 return self._compute(family, compute)
             # The lock was released without a value (the fill was fenced out, or the
             # holder failed): read the fence again before reading the database.
@@ -455,16 +568,18 @@ class CacheService:
 
     def _wait_for(self, key, lock_key, deadline):
         """Poll until the value appears (return it) or the lock goes away (return None)."""
-        self.counters.waits += 1
         delay = 0.002
         while time.monotonic() < deadline:
             time.sleep(delay)
             delay = min(delay * 1.5, 0.025)
             try:
+                # The lock first, then the value: the holder stores the value and releases
+                # the lock atomically, so "no lock, then no value" means it stored nothing.
+                # (The other order can fall between the two and compute a second time.)
                 pipe = self.client.pipeline(transaction=False)
-                pipe.get(key)
                 pipe.exists(lock_key)
-                value, locked = self._call(pipe.execute)
+                pipe.get(key)
+                locked, value = self._call(pipe.execute)
             except CacheUnavailable:
                 return None
             if value is not None:
@@ -475,9 +590,13 @@ class CacheService:
 
     def _compute(self, family, compute, key=None):
         started = time.perf_counter()
-        document = compute()
+        try:
+            document = compute()
+        except Exception:
+            self.counters.record(family, "computation_error")
+            raise
         elapsed = time.perf_counter() - started
-        self.counters.computations += 1
+        self.counters.record(family, "computation")
         self._delta[family] = 0.8 * self._delta[family] + 0.2 * elapsed
         if self.trace:
             log.info("cache compute key=%s pid=%d ms=%.1f", key, os.getpid(), elapsed * 1000)
@@ -499,7 +618,7 @@ class CacheService:
                 args=[value, int(ttl * 1000), fence, token],
             )
             if not stored:
-                self.counters.fills_rejected += 1
+                self.counters.record(family, "fill_rejected")
                 if self.trace:
                     log.info("cache fill rejected key=%s pid=%d", key, os.getpid())
         except CacheUnavailable:
@@ -559,7 +678,7 @@ class CacheService:
                 return
         except CacheUnavailable:
             return
-        self.counters.early_refreshes += 1
+        self.counters.record(family, "early_refresh")
         self._compute_and_store(family, key, compute, fence, token)
 
     # -- invalidation -------------------------------------------------------------
@@ -750,14 +869,17 @@ class CacheService:
 
     def stats_read_through(self, key, ttl, compute):
         """Plain read-through for the stats documents (no fence: they may lag STATS_TTL)."""
-        if self.enabled:
-            value = self.get(key)
-            if value is not None:
-                self.counters.hits += 1
-                return value
-            self.counters.misses += 1
-        else:
-            self.counters.bypasses += 1
+        try:
+            if not self.enabled:
+                raise CacheUnavailable("cache disabled")
+            value = self._call(self.client.get, key)
+        except CacheUnavailable:
+            self.counters.record(STATS, "bypass")
+            return self._compute(STATS, compute)
+        if value is not None:
+            self.counters.record(STATS, "hit")
+            return value
+        self.counters.record(STATS, "miss")
         value = self._compute(STATS, compute)
         if self.enabled:
             self.set(key, value, ttl)

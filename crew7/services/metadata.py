@@ -212,7 +212,7 @@ def many_crews_metadata_json(crew_ids):
         if value is None:
             value, _ = crew_metadata_json(crew_id, count_view=False)
         elif cache.enabled:
-            cache.counters.hits += 1
+            cache.counters.record(CREW, "hit")
         out.append(value)
     return b"[" + b",".join(out) + b"]"
 

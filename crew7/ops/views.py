@@ -1,0 +1,73 @@
+"""Operators' endpoints: Prometheus metrics and cache analytics."""
+
+import time
+
+from flask import Blueprint, Response, g, jsonify, request
+
+from crew7.auth import admin_required
+from crew7.services import metrics
+from crew7.services.cache import get_cache_service
+
+bp = Blueprint("ops", __name__)
+
+
+@bp.get("/metrics")
+def prometheus_metrics():
+    """Prometheus text format, every gunicorn worker included."""
+    body, content_type = metrics.exposition()
+    return Response(body, content_type=content_type)
+
+
+@bp.get("/cache/stats")
+@admin_required
+def cache_stats():
+    """Hits, misses, bypasses, computations and errors per key family, hit rate, keys, memory."""
+    return jsonify(cache_report())
+
+
+def cache_report():
+    totals, redis_errors = metrics.cache_totals()
+    families = {}
+    lookups_all = hits_all = 0
+    for family, events in sorted(totals.items()):
+        hits = events.get("hit", 0)
+        lookups = hits + events.get("miss", 0) + events.get("bypass", 0)
+        lookups_all += lookups
+        hits_all += hits
+        families[family] = {**events, "hit_rate": round(hits / lookups, 4) if lookups else None}
+    cache = get_cache_service()
+    info = cache.info()
+    rate, window_lookups = cache.counters.window.rate()
+    return {
+        "families": families,
+        "hit_rate": round(hits_all / lookups_all, 4) if lookups_all else None,
+        "redis_errors": redis_errors,
+        "breaker": info["breaker"],
+        "keys": info["keys"],
+        "memory_used": info["memory_used"],
+        "redis_available": info["available"],
+        "pending_invalidations": info["pending_invalidations"],
+        "window": {
+            "seconds": cache.counters.window.seconds,
+            "hit_rate": None if rate is None else round(rate, 4),
+            "lookups": window_lookups,
+            "scope": "this process",
+        },
+    }
+
+
+def _start_timer():
+    g._crew7_started = time.perf_counter()
+
+
+def _observe(response):
+    started = g.pop("_crew7_started", None)
+    if started is not None:
+        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        metrics.observe_request(rule, request.method, response.status_code, started)
+    return response
+
+
+def register_request_metrics(app):
+    app.before_request(_start_timer)
+    app.after_request(_observe)
