@@ -33,10 +33,10 @@ def create_app(test_config=None):
 def load_config(app, test_config):
     app.config.from_object(DefaultConfig)
     app.config.from_pyfile("config.py", silent=True)
-    if os.environ.get("DATABASE_URL"):
-        app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["DATABASE_URL"]
-    if os.environ.get("REDIS_URL"):
-        app.config["REDIS_URL"] = os.environ["REDIS_URL"]
+    # The conventional variables, then CREW7_<NAME> for every setting, then the test dict.
+    for name in ("DATABASE_URL", "REDIS_URL"):
+        if os.environ.get(name):
+            app.config[name] = os.environ[name]
     app.config.from_prefixed_env("CREW7")
     if test_config:
         app.config.update(test_config)
@@ -135,6 +135,11 @@ def register_proxy_fix(app):
 
 
 def start_warming(app):
+    # Serving processes only: not the `flask` commands (migrations, seeding, warm-cache).
+    import click
+
+    if click.get_current_context(silent=True) is not None:
+        return
     if app.config["CACHE_WARM_ON_START"] and not app.testing:
         from crew7.services.warming import warm_in_background
 

@@ -39,8 +39,13 @@ def seed_demo_command(users, crews, agents_per_crew, runs_per_crew, private_ever
     """Create deterministic demo data (bulk inserts)."""
     from crew7.services.seed import seed_demo
 
+    from crew7.services.errors import ServiceError
+
     started = time.perf_counter()
-    summary = seed_demo(users, crews, agents_per_crew, runs_per_crew, private_every, seed)
+    try:
+        summary = seed_demo(users, crews, agents_per_crew, runs_per_crew, private_every, seed)
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from None
     summary["seconds"] = round(time.perf_counter() - started, 2)
     click.echo(json.dumps(summary))
 

@@ -13,6 +13,7 @@ class DefaultConfig:
 
     # None means: an SQLite file in the instance folder (resolved by the factory).
     SQLALCHEMY_DATABASE_URI = None
+    DATABASE_URL = None
     SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
     REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -63,6 +64,8 @@ class DefaultConfig:
     # Warming at start-up (once per deployment, not per worker).
     CACHE_WARM_ON_START = True
     CACHE_WARM_COUNT = 10
+    # Processes sharing it warm once; default: the workers of one gunicorn master.
+    DEPLOYMENT_ID = ""
 
     # API
     PAGE_SIZE_DEFAULT = 20

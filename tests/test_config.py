@@ -164,3 +164,23 @@ def test_concurrent_run_writers_lose_no_increment(app_factory, db_kind):
         assert stats.succeeded_runs + stats.failed_runs == 60 and stats.running_runs == 0
         assert stats.succeeded_runs == truth["succeeded_runs"]
         assert stats.duration_count == 60 and stats.tokens_sum == 60
+
+
+def test_environment_database_url_beats_instance_file(monkeypatch, tmp_path):
+    (tmp_path / "config.py").write_text("DATABASE_URL = 'sqlite:////from/instance.db'\n")
+    monkeypatch.setenv("CREW7_INSTANCE_PATH", str(tmp_path))
+    monkeypatch.setenv("DATABASE_URL", "sqlite:////from/env.db")
+    app = create_app({"TESTING": True, "CACHE_WARM_ON_START": False})
+    assert app.config["SQLALCHEMY_DATABASE_URI"] == "sqlite:////from/env.db"
+
+
+def test_cli_commands_do_not_warm(monkeypatch, tmp_path, redis_server, redis_client):
+    env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
+           "REDIS_URL": redis_server.url, "FLASK_APP": "wsgi",
+           "CREW7_INSTANCE_PATH": str(tmp_path)}
+    root = str(__import__("pathlib").Path(__file__).parents[1])
+    r = subprocess.run([sys.executable, "-m", "flask", "db", "upgrade"], capture_output=True,
+                       text=True, env=env, cwd=root)
+    assert r.returncode == 0, r.stderr
+    assert "Cache warming" not in r.stderr + r.stdout
+    assert not list(redis_client.scan_iter("warming:*"))

@@ -1,7 +1,5 @@
 """Liveness, readiness, and the benchmark baseline route."""
 
-import json
-
 from flask import Blueprint, Response, jsonify
 from sqlalchemy import text
 
@@ -33,10 +31,7 @@ def readyz():
     if not down:
         return jsonify(status="ok", checks=checks)
     response = error_response(503, f"unavailable: {', '.join(down)}", headers={"Retry-After": "5"})
-    body = response.get_json()
-    body["checks"] = checks
-    response.set_data(json.dumps(body))
-    return response
+    return jsonify(**response.get_json(), checks=checks), 503, response.headers
 
 
 bench_bp = Blueprint("bench", __name__, url_prefix="/bench")

@@ -122,7 +122,8 @@ class RunSchema(Schema):
 
 class PageQuerySchema(Schema):
     page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=10**6))
-    per_page = fields.Integer(load_default=None, validate=validate.Range(min=1, max=100))
+    # Larger values are capped at PAGE_SIZE_MAX.
+    per_page = fields.Integer(load_default=None, validate=validate.Range(min=1, max=10_000))
 
 
 class _Page(Schema):
