@@ -37,9 +37,8 @@ def create_user_command(name, admin):
 @click.option("--seed", default=7, show_default=True)
 def seed_demo_command(users, crews, agents_per_crew, runs_per_crew, private_every, seed):
     """Create deterministic demo data (bulk inserts)."""
-    from crew7.services.seed import seed_demo
-
     from crew7.services.errors import ServiceError
+    from crew7.services.seed import seed_demo
 
     started = time.perf_counter()
     try:

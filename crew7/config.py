@@ -16,6 +16,11 @@ class DefaultConfig:
     DATABASE_URL = None
     SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
     REDIS_URL = "redis://127.0.0.1:6379/0"
+    # Redis Sentinel: "host:port,host:port" and the master's name (REDIS_URL then unused).
+    REDIS_SENTINELS = ""
+    REDIS_SENTINEL_MASTER = "mymaster"
+    # Redis Cluster: "host:port,host:port" of some nodes (REDIS_URL then unused).
+    REDIS_CLUSTER_NODES = ""
 
     # Request bodies above this get a 413 before any view runs.
     MAX_CONTENT_LENGTH = 64 * 1024
@@ -151,6 +156,23 @@ def _check_url(name, value, schemes):
         )
 
 
+def parse_nodes(name, value):
+    """ "host:port,host:port" (or a list of pairs) -> [(host, port)]; empty -> []."""
+    if not value:
+        return []
+    items = value.split(",") if isinstance(value, str) else value
+    nodes = []
+    for item in items:
+        try:
+            host, port = item.rsplit(":", 1) if isinstance(item, str) else item
+            nodes.append((str(host).strip(), int(port)))
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"invalid setting {name}={value!r}: expected host:port[,host:port...]"
+            ) from None
+    return nodes
+
+
 def validate_config(config):
     """Coerce typed settings in place; raise ConfigError naming the first bad one."""
     for name in _BOOL_SETTINGS:
@@ -175,6 +197,10 @@ def validate_config(config):
     db_url = config.get("SQLALCHEMY_DATABASE_URI")
     if not isinstance(db_url, str) or "://" not in db_url:
         raise ConfigError(f"invalid setting DATABASE_URL={db_url!r}: expected a database URL")
+    for name in ("REDIS_SENTINELS", "REDIS_CLUSTER_NODES"):
+        config[name] = parse_nodes(name, config.get(name))
+    if config["REDIS_SENTINELS"] and config["REDIS_CLUSTER_NODES"]:
+        raise ConfigError("invalid settings: REDIS_SENTINELS and REDIS_CLUSTER_NODES both set")
     namespace = config.get("CACHE_NAMESPACE")
     if not isinstance(namespace, str) or any(c.isspace() for c in namespace):
         raise ConfigError(f"invalid setting CACHE_NAMESPACE={namespace!r}: no spaces allowed")

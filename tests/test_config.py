@@ -175,12 +175,21 @@ def test_environment_database_url_beats_instance_file(monkeypatch, tmp_path):
 
 
 def test_cli_commands_do_not_warm(monkeypatch, tmp_path, redis_server, redis_client):
-    env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
-           "REDIS_URL": redis_server.url, "FLASK_APP": "wsgi",
-           "CREW7_INSTANCE_PATH": str(tmp_path)}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
+        "REDIS_URL": redis_server.url,
+        "FLASK_APP": "wsgi",
+        "CREW7_INSTANCE_PATH": str(tmp_path),
+    }
     root = str(__import__("pathlib").Path(__file__).parents[1])
-    r = subprocess.run([sys.executable, "-m", "flask", "db", "upgrade"], capture_output=True,
-                       text=True, env=env, cwd=root)
+    r = subprocess.run(
+        [sys.executable, "-m", "flask", "db", "upgrade"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+    )
     assert r.returncode == 0, r.stderr
     assert "Cache warming" not in r.stderr + r.stdout
     assert not list(redis_client.scan_iter("warming:*"))

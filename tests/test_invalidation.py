@@ -4,6 +4,8 @@ import pytest
 
 from tests.helpers import attrs, body, seed_crew
 
+pytestmark = pytest.mark.topologies
+
 
 @pytest.fixture
 def crew_setup(client, alice):

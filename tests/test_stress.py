@@ -167,7 +167,7 @@ def test_dead_holder_under_gunicorn(seeded, database_url, redis_server, redis_cl
             target=lambda: _ignore_errors(request, port, "GET", f"/metadata/crew/{cid}")
         )
         holder.start()
-        lock_key = f"lock:metadata:crew:{cid}"
+        lock_key = f"lock:{{metadata:crew:{cid}}}"
         deadline = time.monotonic() + 5
         token = None
         while token is None and time.monotonic() < deadline:

@@ -47,12 +47,16 @@ import time
 import uuid
 
 import redis
+import redis.cluster
 from cachelib.serializers import BaseSerializer
 from flask import after_this_request, current_app, has_request_context
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 log = logging.getLogger(__name__)
+
+# redis-py's cluster client raises RedisClusterException, which is not a RedisError.
+REDIS_ERRORS = (redis.RedisError, redis.exceptions.RedisClusterException)
 
 CREW = "crew"
 AGENT = "agent"
@@ -89,14 +93,33 @@ def flask_caching_config(config):
         "retry": Retry(NoBackoff(), 0),
         "health_check_interval": 0,
     }
-    return {
-        "CACHE_TYPE": config.get("CACHE_TYPE") or "RedisCache",
+    settings = {
+        "CACHE_TYPE": "RedisCache",
         "CACHE_REDIS_URL": config["REDIS_URL"],
         "CACHE_KEY_PREFIX": config["CACHE_NAMESPACE"],
         "CACHE_DEFAULT_TIMEOUT": config["METADATA_TTL"],
         "CACHE_OPTIONS": options,
         "CACHE_SERIALIZER": JSONTextSerializer(),
     }
+    if config["REDIS_SENTINELS"]:
+        # Flask-Caching's Sentinel backend; we use its master client only, so reads that
+        # must see the latest write never go to a lagging replica.
+        settings.update(
+            CACHE_TYPE="RedisSentinelCache",
+            CACHE_REDIS_URL="",
+            CACHE_REDIS_SENTINELS=config["REDIS_SENTINELS"],
+            CACHE_REDIS_SENTINEL_MASTER=config["REDIS_SENTINEL_MASTER"],
+        )
+        options["sentinel_socket_timeout"] = config["REDIS_SOCKET_TIMEOUT"]
+        options["sentinel_socket_connect_timeout"] = config["REDIS_CONNECT_TIMEOUT"]
+    elif config["REDIS_CLUSTER_NODES"]:
+        settings.update(
+            CACHE_TYPE="RedisClusterCache",
+            CACHE_REDIS_URL="",
+            CACHE_REDIS_CLUSTER=",".join(f"{h}:{p}" for h, p in config["REDIS_CLUSTER_NODES"]),
+        )
+        options.pop("health_check_interval")
+    return settings
 
 
 # KEYS: doc, fence[, views]  ARGV: [member]
@@ -139,10 +162,52 @@ redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
 return redis.call('DEL', KEYS[1])
 """
 
+# KEYS: lock, doc -> {lock exists, value}: one atomic look at a key being computed.
+_PEEK = """
+return {redis.call('EXISTS', KEYS[1]), redis.call('GET', KEYS[2])}
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+class ViewBuffer:
+    """Views counted in memory and flushed to Redis about once a second (Cluster only)."""
+
+    INTERVAL = 1.0
+
+    def __init__(self, service):
+        self.service = service
+        self.counts = {}
+        self.lock = threading.Lock()
+        self.timer = None
+
+    def add(self, member):
+        with self.lock:
+            self.counts[member] = self.counts.get(member, 0) + 1
+            if self.timer is None:
+                self.timer = threading.Timer(self.INTERVAL, self.flush)
+                self.timer.daemon = True
+                self.timer.start()
+
+    def flush(self):
+        with self.lock:
+            counts, self.counts, self.timer = self.counts, {}, None
+        if not counts:
+            return
+
+        def run():
+            pipe = self.service.client.pipeline(transaction=False)
+            for member, n in counts.items():
+                pipe.zincrby(self.service.views_key(), n, member)
+            pipe.execute()
+
+        try:
+            self.service._call(run)
+        except CacheUnavailable:
+            pass  # popularity is best effort: a lost second of views changes little
 
 
 class CacheUnavailable(Exception):
@@ -366,6 +431,10 @@ class CacheService:
         )
         # Seconds a computation of each family took (moving average): XFetch's delta.
         self._delta = {CREW: 0.01, AGENT: 0.005, CREW_AGENTS: 0.01, STATS: 0.05}
+        self.cluster = isinstance(client, redis.cluster.RedisCluster)
+        # On a Cluster the views sorted set lives in another slot than the document, so
+        # the hit's script cannot count the view: views are buffered and flushed apart.
+        self.views = ViewBuffer(self) if self.cluster else None
         self._scripts = {}
         if client is not None:
             self._scripts = {
@@ -374,6 +443,7 @@ class CacheService:
                 "acquire": client.register_script(_ACQUIRE),
                 "invalidate": client.register_script(_INVALIDATE),
                 "release": client.register_script(_RELEASE),
+                "peek": client.register_script(_PEEK),
             }
 
     @classmethod
@@ -401,11 +471,13 @@ class CacheService:
     def views_key(self):
         return f"{self.prefix}stats:crew_views"
 
+    # The fence and lock of a document carry its full key as a hash tag, so on a Cluster
+    # they live in the document's slot and one script can touch all three.
     def fence_key(self, key):
-        return f"{self.prefix}fence:{key[len(self.prefix) :]}"
+        return f"{self.prefix}fence:{{{key}}}"
 
     def lock_key(self, key):
-        return f"{self.prefix}lock:{key[len(self.prefix) :]}"
+        return f"{self.prefix}lock:{{{key}}}"
 
     # -- guarded Redis access ---------------------------------------------------
     def _call(self, fn, *args, **kwargs):
@@ -417,7 +489,7 @@ class CacheService:
                 # anything is read from Redis again.
                 raise redis.ConnectionError("pending invalidations could not be applied")
             result = fn(*args, **kwargs)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             self.counters.redis_error()
             self.breaker.failure(exc)
             raise CacheUnavailable(str(exc)) from exc
@@ -461,6 +533,8 @@ class CacheService:
         if not keys:
             return []
         try:
+            if self.cluster:
+                return self._call(self.client.mget_nonatomic, keys)
             return self._call(self.client.mget, keys)
         except CacheUnavailable:
             return [None] * len(keys)
@@ -469,6 +543,13 @@ class CacheService:
         """One round trip: MGET ``keys`` and count a view of each of ``members``."""
         if not keys:
             return []
+        if self.cluster:
+            for member in members:
+                self.views.add(member)
+            try:
+                return self._call(self.client.mget_nonatomic, keys)
+            except CacheUnavailable:
+                return None
 
         def run():
             pipe = self.client.pipeline(transaction=False)
@@ -520,8 +601,11 @@ class CacheService:
         keys = [key, fence_key]
         args = []
         if count_view is not None:
-            keys.append(self.views_key())
-            args.append(count_view)
+            if self.views is not None:
+                self.views.add(count_view)
+            else:
+                keys.append(self.views_key())
+                args.append(count_view)
         try:
             reply = self._call(self._scripts["read"], keys=keys, args=args)
         except CacheUnavailable:
@@ -576,10 +660,7 @@ class CacheService:
                 # The lock first, then the value: the holder stores the value and releases
                 # the lock atomically, so "no lock, then no value" means it stored nothing.
                 # (The other order can fall between the two and compute a second time.)
-                pipe = self.client.pipeline(transaction=False)
-                pipe.exists(lock_key)
-                pipe.get(key)
-                locked, value = self._call(pipe.execute)
+                locked, value = self._call(self._scripts["peek"], keys=[lock_key, key])
             except CacheUnavailable:
                 return None
             if value is not None:
@@ -700,23 +781,29 @@ class CacheService:
     def _apply_invalidations(self, keys):
         if self.client is None:
             return True
-
-        def run():
-            pipe = self.client.pipeline(transaction=False)
-            for key in sorted(keys):
-                token = f"{time.time_ns():x}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-                self._scripts["invalidate"](
-                    keys=[key, self.fence_key(key)], args=[token, self.FENCE_TTL], client=pipe
-                )
-            return pipe.execute()
-
         try:
             if self.breaker.opened_at is not None:
                 raise CacheUnavailable("breaker open")
-            self._call(run)
+            self._call(self._send_invalidations, keys)
             return True
         except CacheUnavailable:
             return False
+
+    def _send_invalidations(self, keys):
+        """Replace each key's fence and delete it: one pipeline (per key on a Cluster)."""
+        ordered = sorted(keys)
+        if self.cluster:
+            for key in ordered:
+                self._scripts["invalidate"](
+                    keys=[key, self.fence_key(key)], args=[_fence_token(), self.FENCE_TTL]
+                )
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for key in ordered:
+            self._scripts["invalidate"](
+                keys=[key, self.fence_key(key)], args=[_fence_token(), self.FENCE_TTL], client=pipe
+            )
+        pipe.execute()
 
     def _flush_pending(self):
         """Called when the breaker closes: apply what was missed before reading again."""
@@ -728,19 +815,13 @@ class CacheService:
         try:
             self._call_unguarded_invalidate(keys)
             return True
-        except redis.RedisError:
+        except REDIS_ERRORS:
             with self._pending_lock:
                 self._pending |= keys
             return False
 
     def _call_unguarded_invalidate(self, keys):
-        pipe = self.client.pipeline(transaction=False)
-        for key in sorted(keys):
-            token = f"{time.time_ns():x}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            self._scripts["invalidate"](
-                keys=[key, self.fence_key(key)], args=[token, self.FENCE_TTL], client=pipe
-            )
-        pipe.execute()
+        self._send_invalidations(keys)
 
     def _schedule_retry(self):
         if self._retry_timer is not None and self._retry_timer.is_alive():
@@ -756,7 +837,7 @@ class CacheService:
                 self._call_unguarded_invalidate(keys)
                 with self._pending_lock:
                     self._pending -= keys
-            except redis.RedisError:
+            except REDIS_ERRORS:
                 pass
             if self._pending:
                 self._retry_timer = None
@@ -794,14 +875,22 @@ class CacheService:
         return self.invalidate_keys(self.crew_keys(crew_id, agent_ids))
 
     def scan_keys(self, pattern, batch=500):
-        """Yield lists of keys matching ``pattern``, one SCAN page at a time."""
-        cursor = 0
-        while True:
-            cursor, keys = self._call(self.client.scan, cursor, match=pattern, count=batch)
-            if keys:
-                yield [_text(k) for k in keys]
-            if not int(cursor):
-                return
+        """Yield lists of keys matching ``pattern`` (SCAN, on every primary of a Cluster)."""
+        if self.client is None or not self.breaker.allow():
+            raise CacheUnavailable("breaker open")
+        chunk = []
+        try:
+            for key in self.client.scan_iter(match=pattern, count=batch):
+                chunk.append(_text(key))
+                if len(chunk) >= batch:
+                    yield chunk
+                    chunk = []
+        except REDIS_ERRORS as exc:
+            self.counters.redis_error()
+            self.breaker.failure(exc)
+            raise CacheUnavailable(str(exc)) from exc
+        if chunk:
+            yield chunk
 
     def invalidate_all_metadata(self, batch=500):
         """Delete every metadata and stats document, SCAN in batches (never KEYS or FLUSHDB)."""
@@ -907,8 +996,12 @@ class CacheService:
                 if name == "crew":
                     out["keys"]["crew_agents"] = agents_lists
             memory = self._call(self.client.info, "memory")
-            out["memory_used"] = memory.get("used_memory_human")
-            out["memory_used_bytes"] = memory.get("used_memory")
+            if "used_memory" in memory:
+                used = memory["used_memory"]
+            else:  # a Cluster answers per node: add them up
+                used = sum(v.get("used_memory", 0) for v in memory.values() if isinstance(v, dict))
+            out["memory_used"] = f"{used / 1048576:.2f}M"
+            out["memory_used_bytes"] = used
         except CacheUnavailable as exc:
             out["available"] = False
             out["error"] = str(exc)
@@ -922,7 +1015,7 @@ class CacheService:
             return False
         try:
             return bool(self.client.ping())
-        except redis.RedisError:
+        except REDIS_ERRORS:
             return False
 
 
@@ -932,6 +1025,10 @@ def _as_bytes(value):
     if isinstance(value, str):
         return value.encode()
     return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _fence_token():
+    return f"{time.time_ns():x}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def _lock_token():
