@@ -73,12 +73,16 @@ def normalise_database_url(url):
 
 
 def register_extensions(app):
-    from crew7.extensions import api, cache, db, migrate
+    from crew7.extensions import IdConverter, api, cache, db, migrate
 
+    app.url_map.converters["id"] = IdConverter
     db.init_app(app)
     migrate.init_app(app, db, directory=_MIGRATIONS)
     cache.init_app(app)
     api.init_app(app)
+    api.register_converter(
+        IdConverter, lambda _: {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
+    )
     api.spec.components.security_scheme(
         "bearerAuth", {"type": "http", "scheme": "bearer", "description": "API token"}
     )

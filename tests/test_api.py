@@ -257,3 +257,80 @@ def test_bench_routes_only_with_the_setting(app_factory, redis_client):
     assert client.get("/bench/redis-get/1").status_code == 404
     redis_client.set("metadata:crew:1", b'{"name":"x"}')
     assert client.get("/bench/redis-get/1").get_data() == b'{"name":"x"}'
+
+
+def test_writes_need_a_json_body(client, app, alice):
+    cid = new_crew(client, alice)["id"]
+    r = client.post(f"/crews/{cid}/runs", headers=alice["headers"])
+    assert r.status_code == 400 and "body" in error_of(r)["message"]
+    r = client.patch(f"/crews/{cid}", headers=alice["headers"])
+    assert r.status_code == 400
+    r = client.post(
+        "/crews",
+        data="name=x",
+        headers=alice["headers"],
+        content_type="application/x-www-form-urlencoded",
+    )
+    assert r.status_code == 415 and error_of(r)["code"] == "unsupported_media_type"
+    assert count(app, "runs") == 0 and count(app, "crews") == 1
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/crews/9223372036854775808",
+        "/agents/99999999999999999999",
+        "/crews/0",
+        "/runs/18446744073709551616",
+    ],
+)
+def test_ids_beyond_the_database_range_are_404(client, alice, path):
+    r = (
+        client.get(path)
+        if not path.startswith("/runs")
+        else client.patch(path, json={}, headers=alice["headers"])
+    )
+    assert r.status_code == 404 and error_of(r)["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    "body", [{"name": "x", "is_public": 1}, {"name": "x", "is_public": "true"}, {"name": 5}]
+)
+def test_json_types_are_strict(client, app, alice, body):
+    r = client.post("/crews", json=body, headers=alice["headers"])
+    assert r.status_code == 422
+    assert count(app, "crews") == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"tokens_used": "5"},
+        {"tokens_used": True},
+        {"tokens_used": 1.5},
+        {"duration": "3"},
+        {"duration": False},
+    ],
+)
+def test_run_numbers_are_strict(client, app, alice, body):
+    cid = new_crew(client, alice)["id"]
+    assert client.post(f"/crews/{cid}/runs", json=body, headers=alice["headers"]).status_code == 422
+    assert count(app, "runs") == 0
+
+
+def test_timestamps_are_rfc3339_in_utc(client, alice):
+    crew = new_crew(client, alice)
+    assert crew["created_at"].endswith("+00:00")
+    r = client.post(
+        f"/crews/{crew['id']}/runs",
+        headers=alice["headers"],
+        json={"status": "running", "started_at": "2026-03-01T12:00:00+02:00"},
+    )
+    assert r.status_code == 201
+    assert r.get_json()["started_at"] == "2026-03-01T10:00:00+00:00"
+    r = client.post(
+        f"/crews/{crew['id']}/runs",
+        headers=alice["headers"],
+        json={"status": "running", "started_at": "2026-03-01T12:00:00"},
+    )
+    assert r.get_json()["started_at"] == "2026-03-01T12:00:00+00:00"  # no offset: UTC

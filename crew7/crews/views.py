@@ -1,6 +1,7 @@
 """JSON REST API for crews, agents and runs: parse, call a service, return."""
 
-from flask_smorest import Blueprint
+from flask import request
+from flask_smorest import Blueprint, abort
 
 from crew7.auth import current_user, login_required
 from crew7.schemas.api import (
@@ -20,6 +21,17 @@ from crew7.schemas.api import (
 from crew7.services import crews as service
 
 blp = Blueprint("crews", __name__, description="Crews, their agents and their runs")
+
+
+@blp.before_request
+def require_json_body():
+    """Writes take a JSON body: absent is a 400, another media type a 415."""
+    if request.method in ("POST", "PATCH"):
+        if not request.get_data(cache=True):
+            abort(400, message="a JSON request body is required")
+        if not request.is_json:
+            abort(415, message="the request body must be application/json")
+
 
 _auth = {"security": [{"bearerAuth": []}]}
 
@@ -42,14 +54,14 @@ def create_crew(data):
     return service.create_crew(current_user(), data)
 
 
-@blp.get("/crews/<int:crew_id>")
+@blp.get("/crews/<id:crew_id>")
 @blp.response(200, CrewSchema)
 def get_crew(crew_id):
     """A crew (a private crew only for its owner)."""
     return service.get_visible_crew(crew_id, current_user())
 
 
-@blp.patch("/crews/<int:crew_id>")
+@blp.patch("/crews/<id:crew_id>")
 @blp.arguments(CrewUpdateSchema)
 @blp.response(200, CrewSchema)
 @blp.doc(**_auth)
@@ -59,7 +71,7 @@ def update_crew(data, crew_id):
     return service.update_object(service.get_owned_crew(crew_id, current_user()), data)
 
 
-@blp.delete("/crews/<int:crew_id>")
+@blp.delete("/crews/<id:crew_id>")
 @blp.response(204)
 @blp.doc(**_auth)
 @login_required
@@ -68,7 +80,7 @@ def delete_crew(crew_id):
     service.delete_object(service.get_owned_crew(crew_id, current_user()))
 
 
-@blp.post("/crews/<int:crew_id>/agents")
+@blp.post("/crews/<id:crew_id>/agents")
 @blp.arguments(AgentCreateSchema)
 @blp.response(201, AgentSchema)
 @blp.doc(**_auth)
@@ -78,13 +90,13 @@ def add_agent(data, crew_id):
     return service.add_agent(service.get_owned_crew(crew_id, current_user()), data)
 
 
-@blp.get("/agents/<int:agent_id>")
+@blp.get("/agents/<id:agent_id>")
 @blp.response(200, AgentSchema)
 def get_agent(agent_id):
     return service.get_visible_agent(agent_id, current_user())
 
 
-@blp.patch("/agents/<int:agent_id>")
+@blp.patch("/agents/<id:agent_id>")
 @blp.arguments(AgentUpdateSchema)
 @blp.response(200, AgentSchema)
 @blp.doc(**_auth)
@@ -93,7 +105,7 @@ def update_agent(data, agent_id):
     return service.update_object(service.get_owned_agent(agent_id, current_user()), data)
 
 
-@blp.delete("/agents/<int:agent_id>")
+@blp.delete("/agents/<id:agent_id>")
 @blp.response(204)
 @blp.doc(**_auth)
 @login_required
@@ -101,7 +113,7 @@ def delete_agent(agent_id):
     service.delete_object(service.get_owned_agent(agent_id, current_user()))
 
 
-@blp.post("/crews/<int:crew_id>/runs")
+@blp.post("/crews/<id:crew_id>/runs")
 @blp.arguments(RunCreateSchema)
 @blp.response(201, RunSchema)
 @blp.doc(**_auth)
@@ -111,7 +123,7 @@ def record_run(data, crew_id):
     return service.record_run(service.get_owned_crew(crew_id, current_user()), data)
 
 
-@blp.patch("/runs/<int:run_id>")
+@blp.patch("/runs/<id:run_id>")
 @blp.arguments(RunUpdateSchema)
 @blp.response(200, RunSchema)
 @blp.doc(**_auth)
@@ -121,7 +133,7 @@ def update_run(data, run_id):
     return service.update_run(service.get_owned_run(run_id, current_user()), data)
 
 
-@blp.get("/crews/<int:crew_id>/runs")
+@blp.get("/crews/<id:crew_id>/runs")
 @blp.arguments(PageQuerySchema, location="query")
 @blp.response(200, RunPageSchema)
 def list_runs(args, crew_id):

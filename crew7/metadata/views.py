@@ -72,6 +72,9 @@ def crew_agents_metadata(token_id):
     return _document_response(body)
 
 
+_ONE_ID = r"(\d{1,19}|[0-9a-fA-F]{64})"
+
+
 @blp.get("/crews")
 @blp.doc(
     parameters=[
@@ -79,13 +82,29 @@ def crew_agents_metadata(token_id):
             "name": "ids",
             "in": "query",
             "required": True,
-            "description": f"Comma-separated crew ids, at most {MAX_BATCH}",
-            "schema": {"type": "string"},
+            "description": f"Comma-separated crew ids (decimal or 64 hex digits), 1 to {MAX_BATCH}",
+            "schema": {
+                "type": "string",
+                "pattern": f"^{_ONE_ID}(,{_ONE_ID}){{0,{MAX_BATCH - 1}}}$",
+            },
         }
-    ]
-)
-@blp.alt_response(
-    200, schema=CrewMetadataSchema(many=True), description="Documents in request order"
+    ],
+    responses={
+        "200": {
+            "description": "Documents in request order; null for an unknown or private id",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "array",
+                        "items": {
+                            "nullable": True,
+                            "allOf": [{"$ref": "#/components/schemas/CrewMetadata"}],
+                        },
+                    }
+                }
+            },
+        }
+    },
 )
 def crews_metadata():
     """Many crews' documents in request order; null for an unknown or private id."""

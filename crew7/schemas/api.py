@@ -1,5 +1,7 @@
 """API input and output. Input schemas reject unknown fields (marshmallow's default)."""
 
+from datetime import UTC
+
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from crew7.models import PROCESSES, RUN_STATUSES
@@ -7,17 +9,63 @@ from crew7.models import PROCESSES, RUN_STATUSES
 _name = validate.Length(min=1, max=120)
 
 
+class UTCDateTime(fields.DateTime):
+    """RFC 3339 in and out. Input with an offset is converted to UTC (none means UTC);
+    values are stored naive in UTC and sent with their offset."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        result = super()._deserialize(value, attr, data, **kwargs)
+        if result.tzinfo is not None:
+            result = result.astimezone(UTC).replace(tzinfo=None)
+        return result
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return super()._serialize(value, attr, obj, **kwargs)
+
+
+class StrictBoolean(fields.Boolean):
+    """JSON true or false only (not 1, "yes" or "true")."""
+
+    def __init__(self, **kwargs):
+        super().__init__(truthy={True}, falsy={False}, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+class StrictInteger(fields.Integer):
+    """A JSON integer (not "5", 5.5 or true)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class StrictFloat(fields.Float):
+    """A JSON number (not "5" or true)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class CrewCreateSchema(Schema):
     name = fields.String(required=True, validate=_name)
     description = fields.String(validate=validate.Length(max=2000), load_default="")
-    is_public = fields.Boolean(load_default=True)
+    is_public = StrictBoolean(load_default=True)
     process = fields.String(validate=validate.OneOf(PROCESSES), load_default="sequential")
 
 
 class CrewUpdateSchema(Schema):
     name = fields.String(validate=_name)
     description = fields.String(validate=validate.Length(max=2000))
-    is_public = fields.Boolean()
+    is_public = StrictBoolean()
     process = fields.String(validate=validate.OneOf(PROCESSES))
 
 
@@ -27,7 +75,7 @@ class CrewStatsSchema(Schema):
     failed_runs = fields.Integer()
     success_rate = fields.Float(allow_none=True)
     average_duration = fields.Float(allow_none=True)
-    last_run_at = fields.DateTime(allow_none=True)
+    last_run_at = UTCDateTime(allow_none=True)
 
 
 class CrewSchema(Schema):
@@ -37,8 +85,8 @@ class CrewSchema(Schema):
     description = fields.String()
     is_public = fields.Boolean()
     process = fields.String()
-    created_at = fields.DateTime()
-    updated_at = fields.DateTime()
+    created_at = UTCDateTime()
+    updated_at = UTCDateTime()
     stats = fields.Nested(CrewStatsSchema, allow_none=True)
 
 
@@ -75,8 +123,8 @@ class AgentSchema(Schema):
     backstory = fields.String()
     llm = fields.String()
     tools = fields.List(fields.String())
-    created_at = fields.DateTime()
-    updated_at = fields.DateTime()
+    created_at = UTCDateTime()
+    updated_at = UTCDateTime()
 
 
 def _check_run_times(data):
@@ -87,10 +135,10 @@ def _check_run_times(data):
 
 class RunCreateSchema(Schema):
     status = fields.String(validate=validate.OneOf(RUN_STATUSES), load_default="queued")
-    started_at = fields.NaiveDateTime()
-    finished_at = fields.NaiveDateTime()
-    duration = fields.Float(validate=validate.Range(min=0, max=10**7))
-    tokens_used = fields.Integer(validate=validate.Range(min=0, max=10**12), load_default=0)
+    started_at = UTCDateTime()
+    finished_at = UTCDateTime()
+    duration = StrictFloat(validate=validate.Range(min=0, max=10**7))
+    tokens_used = StrictInteger(validate=validate.Range(min=0, max=10**12), load_default=0)
 
     @validates_schema
     def check_times(self, data, **kwargs):
@@ -99,10 +147,10 @@ class RunCreateSchema(Schema):
 
 class RunUpdateSchema(Schema):
     status = fields.String(validate=validate.OneOf(RUN_STATUSES))
-    started_at = fields.NaiveDateTime()
-    finished_at = fields.NaiveDateTime()
-    duration = fields.Float(validate=validate.Range(min=0, max=10**7))
-    tokens_used = fields.Integer(validate=validate.Range(min=0, max=10**12))
+    started_at = UTCDateTime()
+    finished_at = UTCDateTime()
+    duration = StrictFloat(validate=validate.Range(min=0, max=10**7))
+    tokens_used = StrictInteger(validate=validate.Range(min=0, max=10**12))
 
     @validates_schema
     def check_times(self, data, **kwargs):
@@ -113,11 +161,11 @@ class RunSchema(Schema):
     id = fields.Integer()
     crew_id = fields.Integer()
     status = fields.String()
-    started_at = fields.DateTime(allow_none=True)
-    finished_at = fields.DateTime(allow_none=True)
+    started_at = UTCDateTime(allow_none=True)
+    finished_at = UTCDateTime(allow_none=True)
     duration = fields.Float(allow_none=True)
     tokens_used = fields.Integer()
-    created_at = fields.DateTime()
+    created_at = UTCDateTime()
 
 
 class PageQuerySchema(Schema):
