@@ -73,7 +73,7 @@ def normalise_database_url(url):
 
 
 def register_extensions(app):
-    from crew7.extensions import IdConverter, api, cache, db, migrate
+    from crew7.extensions import MAX_ID, IdConverter, api, cache, db, migrate
 
     app.url_map.converters["id"] = IdConverter
     db.init_app(app)
@@ -81,7 +81,7 @@ def register_extensions(app):
     cache.init_app(app)
     api.init_app(app)
     api.register_converter(
-        IdConverter, lambda _: {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
+        IdConverter, lambda _: {"type": "integer", "minimum": 1, "maximum": MAX_ID}
     )
     api.spec.components.security_scheme(
         "bearerAuth", {"type": "http", "scheme": "bearer", "description": "API token"}

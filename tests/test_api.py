@@ -334,3 +334,27 @@ def test_timestamps_are_rfc3339_in_utc(client, alice):
         json={"status": "running", "started_at": "2026-03-01T12:00:00"},
     )
     assert r.get_json()["started_at"] == "2026-03-01T12:00:00+00:00"  # no offset: UTC
+
+
+@pytest.mark.parametrize("method", ["get", "patch", "delete"])
+@pytest.mark.parametrize(
+    "path", ["/crews/0", "/crews/2147483648", "/agents/2147483648", "/runs/2147483648"]
+)
+def test_out_of_range_ids_are_404_on_every_method(client, alice, method, path):
+    r = getattr(client, method)(path, json={"name": "x"}, headers=alice["headers"])
+    if r.status_code == 405:  # only where the route has no such method at all
+        assert path.startswith("/runs") and method != "patch"
+    else:
+        assert r.status_code == 404 and error_of(r)["code"] == "not_found"
+
+
+def test_sub_resources_of_out_of_range_ids_are_404(client, alice):
+    assert client.get("/crews/0/runs").status_code == 404
+    r = client.post("/crews/2147483648/runs", json={}, headers=alice["headers"])
+    assert r.status_code == 404
+
+
+def test_large_token_counts_are_validated(client, app, alice):
+    cid = new_crew(client, alice)["id"]
+    r = client.post(f"/crews/{cid}/runs", json={"tokens_used": 2**31}, headers=alice["headers"])
+    assert r.status_code == 422 and count(app, "runs") == 0

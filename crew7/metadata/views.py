@@ -114,13 +114,9 @@ def crews_metadata():
         abort(400, "ids is required: a comma-separated list of crew ids")
     if len(parts) > MAX_BATCH:
         abort(400, f"at most {MAX_BATCH} ids per request")
-    ids = []
     for part in parts:
-        if not part or not (part.isdigit() or len(part) == 64):
+        if not service.is_token_id(part):
             abort(400, f"malformed id {part[:80]!r}")
-        value = service.parse_token_id(part)
-        if value is None and not (part.isdigit() and int(part) == 0):
-            abort(400, f"malformed id {part[:80]!r}")
-        ids.append(value or 0)
+    ids = [service.parse_token_id(part) for part in parts]
     body = service.many_crews_metadata_json(ids)
     return _document_response(body)

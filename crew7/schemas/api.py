@@ -138,7 +138,7 @@ class RunCreateSchema(Schema):
     started_at = UTCDateTime()
     finished_at = UTCDateTime()
     duration = StrictFloat(validate=validate.Range(min=0, max=10**7))
-    tokens_used = StrictInteger(validate=validate.Range(min=0, max=10**12), load_default=0)
+    tokens_used = StrictInteger(validate=validate.Range(min=0, max=2**31 - 1), load_default=0)
 
     @validates_schema
     def check_times(self, data, **kwargs):
@@ -150,7 +150,7 @@ class RunUpdateSchema(Schema):
     started_at = UTCDateTime()
     finished_at = UTCDateTime()
     duration = StrictFloat(validate=validate.Range(min=0, max=10**7))
-    tokens_used = StrictInteger(validate=validate.Range(min=0, max=10**12))
+    tokens_used = StrictInteger(validate=validate.Range(min=0, max=2**31 - 1))
 
     @validates_schema
     def check_times(self, data, **kwargs):

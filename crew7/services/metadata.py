@@ -11,15 +11,13 @@ import json
 from flask import current_app
 from sqlalchemy import func, select
 
-from crew7.extensions import db
+from crew7.extensions import MAX_ID, db
 from crew7.models import Agent, Crew, CrewStats
 from crew7.schemas.metadata import AgentMetadataSchema, CrewMetadataSchema
-from crew7.services.cache import AGENT, CREW, CREW_AGENTS, get_cache_service
+from crew7.services.cache import AGENT, CREW, CREW_AGENTS, NULL, get_cache_service
 
 _crew_schema = CrewMetadataSchema()
 _agent_schema = AgentMetadataSchema()
-
-MAX_ID = 2**63 - 1
 
 
 def _unix(dt):
@@ -42,14 +40,18 @@ def _is_default(base_url, cdn_url):
     )
 
 
+def is_token_id(raw):
+    """Decimal (up to 19 digits), or the 64 hex digits ERC-1155 ``{id}`` URIs produce."""
+    return (raw.isdigit() and len(raw) <= 19) or (
+        len(raw) == 64 and all(c in "0123456789abcdefABCDEF" for c in raw)
+    )
+
+
 def parse_token_id(raw):
-    """A decimal id, or the 64-hex-digit form ERC-1155 ``{id}`` URIs produce; None if neither."""
-    if raw.isdigit() and len(raw) <= 19:
-        value = int(raw)
-    elif len(raw) == 64 and all(c in "0123456789abcdefABCDEF" for c in raw):
-        value = int(raw, 16)
-    else:
+    """The id a token id names, or None when it is malformed or no crew or agent can have it."""
+    if not is_token_id(raw):
         return None
+    value = int(raw, 16) if len(raw) == 64 else int(raw)
     return value if 0 < value <= MAX_ID else None
 
 
@@ -201,15 +203,21 @@ def many_crews_metadata_json(crew_ids):
     """
     cache = get_cache_service()
     values = None
-    if cache.enabled:
-        values = cache.get_many_counting_views(
-            [cache.crew_key(c) for c in crew_ids], [str(c) for c in crew_ids if c]
+    known = [c for c in crew_ids if c is not None]
+    if cache.enabled and known:
+        found = cache.get_many_counting_views(
+            [cache.crew_key(c) for c in known], [str(c) for c in known]
         )
+        if found is not None:
+            found = iter(found)
+            values = [None if c is None else next(found) for c in crew_ids]
     if values is None:
         values = [None] * len(crew_ids)
     out = []
     for crew_id, value in zip(crew_ids, values, strict=True):
-        if value is None:
+        if crew_id is None:
+            value = NULL  # well-formed, but no crew can have this id
+        elif value is None:
             value, _ = crew_metadata_json(crew_id, count_view=False)
         elif cache.enabled:
             cache.counters.record(CREW, "hit")
