@@ -20,6 +20,7 @@ def create_app(test_config=None):
     )
     load_config(app, test_config)
     configure_logging(app)
+    register_sessions(app)
     register_extensions(app)
     register_errorhandlers(app)
     register_blueprints(app)
@@ -70,6 +71,21 @@ def normalise_database_url(url):
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+def register_sessions(app):
+    """No cookie sessions: the API authenticates every request by its bearer token, and
+    opening a signed cookie session costs every request, the cache hits included."""
+    from flask.sessions import SessionInterface
+
+    class NoSessions(SessionInterface):
+        def open_session(self, app, request):
+            return None
+
+        def save_session(self, app, session, response):
+            return None
+
+    app.session_interface = NoSessions()
 
 
 def register_extensions(app):

@@ -359,3 +359,10 @@ def test_large_token_counts_are_validated(client, app, alice):
     cid = new_crew(client, alice)["id"]
     r = client.post(f"/crews/{cid}/runs", json={"tokens_used": 2**31}, headers=alice["headers"])
     assert r.status_code == 422 and count(app, "runs") == 0
+
+
+def test_no_cookie_sessions(client, alice):
+    r = client.get("/crews")
+    assert "Set-Cookie" not in r.headers
+    r = client.post("/crews", json={"name": "c"}, headers=alice["headers"])
+    assert r.status_code == 201 and "Set-Cookie" not in r.headers

@@ -185,3 +185,12 @@ def test_builder_api(app, client, alice, cache):
         other = crew_to_nft_metadata(crew, base_url="https://x.test", cdn_url="https://c.test")
         assert other["image"].startswith("https://c.test/") and cache.counters.hits == 1
         assert other["external_url"] == f"https://x.test/crews/{crew_id}"
+
+
+def test_scripts_are_reloaded_after_redis_forgets_them(client, alice, cache, redis_client):
+    crew, _ = seed_crew(client, alice, agents=0)
+    url = f"/metadata/crew/{crew['id']}"
+    first = client.get(url).get_data()
+    redis_client.script_flush()  # as after a restart
+    assert client.get(url).get_data() == first
+    assert cache.counters.hits == 1 and cache.counters.redis_errors == 0

@@ -496,6 +496,16 @@ class CacheService:
         self.breaker.success()
         return result
 
+    def _evalsha(self, name, keys, args=()):
+        """EVALSHA straight through the client (the hot path): redis-py's Script wrapper
+        costs more than the round trip's own parsing. A Redis that lost its scripts
+        (restart, SCRIPT FLUSH) gets the script loaded again."""
+        script = self._scripts[name]
+        try:
+            return self.client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            return script(keys=keys, args=args)
+
     @property
     def available(self):
         return self.enabled and self.client is not None and self.breaker.state != "open"
@@ -607,7 +617,7 @@ class CacheService:
                 keys.append(self.views_key())
                 args.append(count_view)
         try:
-            reply = self._call(self._scripts["read"], keys=keys, args=args)
+            reply = self._call(self._evalsha, "read", keys, args)
         except CacheUnavailable:
             self.counters.record(family, "bypass")
             return self._compute(family, compute), False
