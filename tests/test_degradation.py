@@ -140,3 +140,15 @@ def test_cache_disabled_by_setting(app_factory, redis_client, make_user):
     cache = app.extensions["crew7.cache"]
     assert cache.counters.computations == 3 and cache.counters.bypasses == 3
     assert redis_client.exists(f"metadata:crew:{crew['id']}") == 0
+
+
+def test_readyz_503_body_is_whole_json(fragile_app, own_redis):
+    app, client, user, cid, aid = fragile_app
+    own_redis.stop()
+    try:
+        r = client.get("/readyz")
+    finally:
+        own_redis.restart()
+    assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+    assert int(r.headers["Content-Length"]) == len(r.get_data())
+    assert body(r)["checks"]["redis"] == "down" and body(r)["error"]["status"] == 503

@@ -30,8 +30,8 @@ def readyz():
     down = [name for name, state in checks.items() if state != "ok"]
     if not down:
         return jsonify(status="ok", checks=checks)
-    response = error_response(503, f"unavailable: {', '.join(down)}", headers={"Retry-After": "5"})
-    return jsonify(**response.get_json(), checks=checks), 503, response.headers
+    error = error_response(503, f"unavailable: {', '.join(down)}").get_json()
+    return jsonify(**error, checks=checks), 503, {"Retry-After": "5"}
 
 
 bench_bp = Blueprint("bench", __name__, url_prefix="/bench")
