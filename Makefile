@@ -51,3 +51,17 @@ lint: install
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
+
+# Benchmarks and fault drills (bench/README.md): they start their own PostgreSQL, Redis
+# and gunicorn on 127.0.0.1 and write bench/results/. BENCH_SCALE=small for a quick run.
+BENCH_SCALE ?= full
+
+.PHONY: bench drill
+
+bench: install
+	$(BIN)/pip install -q $(PIP_CONSTRAINTS) -r bench/requirements.txt
+	BENCH_SCALE=$(BENCH_SCALE) $(BIN)/python bench/run.py
+
+drill: install
+	$(BIN)/pip install -q $(PIP_CONSTRAINTS) -r bench/requirements.txt
+	$(BIN)/python bench/drill.py

@@ -1,0 +1,475 @@
+"""Shared pieces of bench/run.py and bench/drill.py.
+
+Servers: the test suite's RedisServer / PostgresServer (tests/servers.py), gunicorn with
+the production ``gunicorn.conf.py``, wrk. Every process is started here and stopped by its
+own pid; all traffic stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+RESULTS = BENCH / "results"
+# Server logs of the last run (git-ignored).
+LOGS = RESULTS / "tmp"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.servers import PostgresServer, RedisServer, free_port  # noqa: E402
+
+__all__ = [
+    "BENCH",
+    "CpuMeter",
+    "ROOT",
+    "RESULTS",
+    "LOGS",
+    "Gunicorn",
+    "PostgresServer",
+    "RedisServer",
+    "Stack",
+    "app_env",
+    "flask_cli",
+    "log",
+    "machine_info",
+    "machine_ticks",
+    "tree_ticks",
+    "median",
+    "proc_cpu_seconds",
+    "utc_stamp",
+    "wrk",
+    "wrk_script",
+]
+
+_DROP_ENV = re.compile(
+    r"^(CREW7_|GUNICORN_|DATABASE_URL$|REDIS_URL$|WEB_CONCURRENCY$|PORT$|PROMETHEUS_MULTIPROC_DIR$)"
+)
+_T0 = time.monotonic()
+
+
+def log(message: str) -> None:
+    print(f"[{time.monotonic() - _T0:7.1f}s] {message}", flush=True)
+
+
+def utc_stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+
+
+def median(values):
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+# --------------------------------------------------------------------------
+# PostgreSQL + Redis
+# --------------------------------------------------------------------------
+
+
+class Stack:
+    """A PostgreSQL and a Redis for one bench run, plus a scratch directory."""
+
+    def __init__(self):
+        self.tmpdir = tempfile.mkdtemp(prefix="crew7-bench-")
+        self.pg: PostgresServer | None = None
+        self.redis: RedisServer | None = None
+
+    def start(self) -> Stack:
+        self.pg = PostgresServer.start()
+        self.redis = RedisServer.start()
+        log(
+            f"postgres pid {self.pg.pid} port {self.pg.port}; redis pid {self.redis.pid} "
+            f"port {self.redis.port}"
+        )
+        return self
+
+    def close(self) -> None:
+        for server in (self.redis, self.pg):
+            if server is not None:
+                try:
+                    server.close()
+                except Exception as exc:  # keep closing the others
+                    log(f"closing {server!r} failed: {exc}")
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def app_env(stack: Stack, **settings) -> dict:
+    """The environment of the app's processes: our servers, nothing inherited of crew7's."""
+    env = {k: v for k, v in os.environ.items() if not _DROP_ENV.match(k)}
+    instance = os.path.join(stack.tmpdir, "instance")
+    os.makedirs(instance, exist_ok=True)
+    env.update(
+        {
+            "DATABASE_URL": stack.pg.url,
+            "REDIS_URL": stack.redis.url,
+            "FLASK_APP": "wsgi",
+            "CREW7_INSTANCE_PATH": instance,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    for name, value in settings.items():
+        env[f"CREW7_{name}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
+def flask_cli(env: dict, *args: str, timeout: float = 1800) -> tuple[float, str, str]:
+    """Run ``flask ARGS``; return (wall seconds, stdout, stderr). Raises on failure."""
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "flask", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"flask {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
+    return wall, proc.stdout, proc.stderr
+
+
+# --------------------------------------------------------------------------
+# gunicorn
+# --------------------------------------------------------------------------
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a process, in seconds (None if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            raw = fh.read()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    # fields[0] is field 3 (state): utime is field 14, stime field 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(ppid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii") as fh:
+                raw = fh.read()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2 :].split()
+        if int(fields[1]) == ppid:
+            out.append(int(entry))
+    return sorted(out)
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs since boot.
+
+    Busy is user + nice + system + steal (time the hypervisor gave to other guests: noisy
+    neighbours). irq and softirq are left out of busy: they are not charged to any
+    process, and on loopback most of them are the bench's own network traffic.
+    """
+    with open("/proc/stat", encoding="ascii") as fh:
+        parts = [int(x) for x in fh.readline().split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (parts + [0] * 8)[:8]
+    busy = user + nice + system + steal
+    return busy, busy + idle + iowait + irq + softirq
+
+
+def tree_ticks(root: int) -> int:
+    """CPU ticks of ``root`` and its live descendants, with their reaped children."""
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii") as fh:
+                raw = fh.read()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2 :].split()
+        # ppid, utime + stime + cutime + cstime
+        stats[int(entry)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            total += stats[pid][1]
+        todo.extend(children.get(pid, ()))
+    return total
+
+
+class CpuMeter:
+    """How busy the machine was over an interval, and how much of it was not ours.
+
+    Ours: this process and every process it started (servers, wrk, flask commands).
+    Shares are fractions of the whole machine (all CPUs).
+    """
+
+    def __init__(self):
+        self.root = os.getpid()
+        self.start()
+
+    def start(self) -> None:
+        self._busy, self._total = machine_ticks()
+        self._ours = tree_ticks(self.root)
+
+    def read(self) -> dict:
+        busy, total = machine_ticks()
+        ours = tree_ticks(self.root)
+        span = max(total - self._total, 1)
+        busy_d = busy - self._busy
+        ours_d = min(ours - self._ours, busy_d)
+        return {
+            "machine_busy": round(busy_d / span, 3),
+            "ours": round(ours_d / span, 3),
+            "others": round(max(busy_d - ours_d, 0) / span, 3),
+        }
+
+
+class Gunicorn:
+    """gunicorn -c gunicorn.conf.py wsgi:app on 127.0.0.1, output to a log file."""
+
+    def __init__(self, name: str, env: dict, workers: int = 2, logdir: str | None = None):
+        self.name = name
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.logfile = os.path.join(logdir or tempfile.gettempdir(), f"gunicorn-{name}.log")
+        full_env = {**env, "WEB_CONCURRENCY": str(workers)}
+        full_env["GUNICORN_BIND"] = f"127.0.0.1:{self.port}"
+        self._log = open(self.logfile, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "wsgi:app"],
+            cwd=ROOT,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.workers = workers
+        self._wait_ready()
+        log(
+            f"gunicorn {name}: master pid {self.proc.pid}, workers {self.worker_pids()}, "
+            f"{self.url}, log {self.logfile}"
+        )
+
+    def _wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn {self.name} exited:\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as r:
+                    if r.status == 200 and len(self.worker_pids()) >= self.workers:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"gunicorn {self.name} did not become ready")
+
+    def worker_pids(self) -> list[int]:
+        return _children(self.proc.pid)
+
+    def cpu_snapshot(self) -> dict[int, float]:
+        return {pid: proc_cpu_seconds(pid) or 0.0 for pid in self.worker_pids()}
+
+    def log_size(self) -> int:
+        try:
+            return os.path.getsize(self.logfile)
+        except OSError:
+            return 0
+
+    def log_since(self, offset: int) -> str:
+        with open(self.logfile, "rb") as fh:
+            fh.seek(offset)
+            return fh.read().decode("utf-8", "replace")
+
+    def tail(self, limit: int = 3000) -> str:
+        size = self.log_size()
+        return self.log_since(max(0, size - limit))
+
+    def save_log(self, dest: Path, keep_access_log: bool = False) -> Path:
+        """Copy the log (without access-log lines unless asked) to ``dest``."""
+        access = re.compile(r'^\S+ \S+ "[A-Z]+ \S+ HTTP/[0-9.]+" \d{3} ')
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with (
+            open(self.logfile, encoding="utf-8", errors="replace") as src,
+            open(dest, "w", encoding="utf-8") as out,
+        ):
+            for line in src:
+                if keep_access_log or not access.match(line):
+                    out.write(line)
+        return dest
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self._log.close()
+
+
+# --------------------------------------------------------------------------
+# wrk
+# --------------------------------------------------------------------------
+
+_DONE_LUA = r"""
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_us":%d,"bytes":%d,' ..
+    '"err_connect":%d,"err_read":%d,"err_write":%d,"err_status":%d,"err_timeout":%d,' ..
+    '"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"mean_us":%.1f}\n',
+    summary.requests, summary.duration, summary.bytes,
+    e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency.max, latency.mean))
+end
+"""
+
+
+def wrk_script(path: str, paths: list[str] | None = None, seed: int = 7) -> str:
+    """Write a wrk Lua script: a fixed path, or a random one of ``paths`` per request."""
+    lines = []
+    if paths:
+        quoted = ",\n".join(json.dumps(p) for p in paths)
+        lines.append(f"local paths = {{\n{quoted}\n}}")
+        lines.append(f"math.randomseed({seed})")
+        lines.append("local n = #paths")
+        lines.append("request = function()")
+        lines.append('  return wrk.format("GET", paths[math.random(n)])')
+        lines.append("end")
+    lines.append(_DONE_LUA)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines))
+    return path
+
+
+def wrk(
+    url: str,
+    script: str,
+    duration: float,
+    connections: int = 16,
+    timeout: float = 10,
+) -> dict:
+    """Run ``wrk -t1`` and return its numbers (latencies in ms)."""
+    if not url.startswith("http://127.0.0.1:"):
+        raise ValueError("the bench only loads 127.0.0.1")
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{duration:g}s",
+        f"--timeout={timeout:g}s",
+        "-s",
+        script,
+        url,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    match = re.search(r"^WRKJSON (\{.*\})$", proc.stdout, re.M)
+    if proc.returncode != 0 or not match:
+        raise RuntimeError(f"wrk failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    raw = json.loads(match.group(1))
+    seconds = raw["duration_us"] / 1e6
+    return {
+        "requests": raw["requests"],
+        "seconds": round(seconds, 3),
+        "rps": raw["requests"] / seconds if seconds else 0.0,
+        "p50_ms": raw["p50_us"] / 1000,
+        "p90_ms": raw["p90_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "max_ms": raw["max_us"] / 1000,
+        "mean_ms": round(raw["mean_us"] / 1000, 3),
+        "non_2xx_3xx": raw["err_status"],
+        "socket_errors": raw["err_connect"]
+        + raw["err_read"]
+        + raw["err_write"]
+        + raw["err_timeout"],
+        "bytes": raw["bytes"],
+    }
+
+
+# --------------------------------------------------------------------------
+# machine
+# --------------------------------------------------------------------------
+
+
+def _first_line(cmd: list[str]) -> str | None:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (out.stdout or out.stderr).strip()
+    return text.splitlines()[0] if text else None
+
+
+def machine_info(stack: Stack | None = None) -> dict:
+    cpu_model = None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu_model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem_total = None
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as fh:
+            mem_total = fh.readline().split(":", 1)[1].strip()
+    except OSError:
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    packages = {}
+    for name in ("flask", "gunicorn", "redis", "hiredis", "sqlalchemy", "psycopg"):
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            packages[name] = None
+    info = {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_model": cpu_model,
+        "cpus_online": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "mem_total": mem_total,
+        "loadavg": list(os.getloadavg()),
+        "wrk": _first_line(["wrk", "--version"]),
+        "redis_server": _first_line(["redis-server", "--version"]),
+        "packages": packages,
+    }
+    if stack is not None and stack.pg is not None:
+        info["postgres"] = _first_line([os.path.join(stack.pg.bindir, "postgres"), "--version"])
+    return info

@@ -1,0 +1,79 @@
+"""Added cost of the cache-hit path over one bare Redis GET, in process, side by side.
+
+Starts its own redis-server on 127.0.0.1, stores one 1.6 KB document, then times in
+alternation (paired per repetition, 7 repetitions, medians) the client-side CPU of:
+  get       one redis-py GET of the document (the floor for a design with one round trip);
+  hit       CacheService.read_through on a hit (EVALSHA: GET + PTTL + ZINCRBY, counters);
+  script    the same script called through redis-py's Script wrapper, as the hit path did
+            before it called EVALSHA directly.
+Usage: .venv/bin/python bench/hitpath.py
+"""
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from tests.servers import RedisServer  # noqa: E402
+
+N = 4000
+REPS = 7
+
+
+def cpu_per_call(fn, n=N):
+    started = time.process_time()
+    for _ in range(n):
+        fn()
+    return (time.process_time() - started) / n * 1e6
+
+
+def main():
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="crew7-hitpath-"))
+    from crew7 import create_app
+
+    with RedisServer.start() as server, tempfile.TemporaryDirectory() as tmp:
+        app = create_app(
+            {
+                "DATABASE_URL": f"sqlite:///{tmp}/h.db",
+                "REDIS_URL": server.url,
+                "CACHE_WARM_ON_START": False,
+                "TESTING": True,
+            }
+        )
+        cache = app.extensions["crew7.cache"]
+        key = cache.crew_key(1)
+        document = b'{"name":"x","description":"' + b"y" * 1550 + b'","attributes":[]}'
+        cache.client.set(key, document, ex=3600)
+        keys = [key, cache.fence_key(key), cache.views_key()]
+        with app.test_request_context("/metadata/crew/1"):
+            rows = []
+            for rep in range(REPS):
+                pair = [
+                    ("get", lambda: cache.client.get(key)),
+                    ("hit", lambda: cache.read_through("crew", key, lambda: None, "1")),
+                    ("script", lambda: cache._scripts["read"](keys=keys, args=["1"])),
+                ]
+                if rep % 2:
+                    pair.reverse()
+                row = dict((name, cpu_per_call(fn)) for name, fn in pair)
+                rows.append(row)
+        get = statistics.median(r["get"] for r in rows)
+        hit = statistics.median(r["hit"] for r in rows)
+        script = statistics.median(r["script"] for r in rows)
+        ratio = statistics.median(r["hit"] / r["get"] for r in rows)
+        print(f"bare GET        {get:7.1f} us CPU per call (median of {REPS})")
+        print(f"read_through    {hit:7.1f} us CPU per call")
+        print(f"Script wrapper  {script:7.1f} us CPU per call (the script alone, no bookkeeping)")
+        print(
+            f"hit / GET       {ratio:7.3f}  (paired per repetition, median; "
+            f"min {min(r['hit'] / r['get'] for r in rows):.3f}, "
+            f"max {max(r['hit'] / r['get'] for r in rows):.3f})"
+        )
+
+
+if __name__ == "__main__":
+    main()
