@@ -93,6 +93,7 @@ def register_extensions(app):
 
     app.url_map.converters["id"] = IdConverter
     db.init_app(app)
+    replace_session_teardown(app, db)
     migrate.init_app(app, db, directory=_MIGRATIONS)
     cache.init_app(app)
     api.init_app(app)
@@ -105,6 +106,31 @@ def register_extensions(app):
     from crew7.services.cache import CacheService
 
     app.extensions["crew7.cache"] = CacheService.from_app(app)
+
+
+def replace_session_teardown(app, db):
+    """End each request's session without letting a dead database connection fail it.
+
+    Flask-SQLAlchemy's teardown rolls back on the session's connection; if the database
+    went away meanwhile that raises after the response was built, and the WSGI server
+    answers with its own HTML 500 instead. The connection is dropped either way.
+    """
+    import logging
+
+    app.teardown_appcontext_funcs[:] = [
+        f for f in app.teardown_appcontext_funcs if f != db._teardown_session
+    ]
+
+    @app.teardown_appcontext
+    def remove_session(exc):
+        try:
+            db.session.remove()
+        except Exception as error:  # the driver's error type varies; the outcome doesn't
+            logging.getLogger("crew7").warning(
+                "database connection lost at the end of a request: %s",
+                str(error).splitlines()[0][:200],
+            )
+            db.session.registry.clear()
 
 
 def register_errorhandlers(app):

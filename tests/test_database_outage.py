@@ -50,3 +50,32 @@ def test_database_down(own_postgres, redis_server, redis_client):
 
         db.session.remove()
         db.engine.dispose()
+
+
+def test_database_lost_before_teardown_keeps_the_response(own_postgres, redis_server):
+    """The session's end-of-request rollback on a dead connection must not turn a finished
+    response into the WSGI server's HTML 500."""
+    from tests.conftest import make_app, reset_schema
+
+    app = make_app(own_postgres.url, redis_server.url)
+    reset_schema(app)
+
+    @app.get("/query-then-lose-db")
+    def query_then_lose_db():
+        from sqlalchemy import text
+
+        from crew7.extensions import db
+
+        db.session.execute(text("SELECT 1"))  # the session now holds a connection
+        own_postgres.stop()
+        return {"ok": True}
+
+    try:
+        r = app.test_client().get("/query-then-lose-db")
+        assert r.status_code == 200 and r.get_json() == {"ok": True}
+    finally:
+        own_postgres.restart()
+    with app.app_context():
+        from crew7.extensions import db
+
+        db.engine.dispose()

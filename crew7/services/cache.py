@@ -162,6 +162,14 @@ redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
 return redis.call('DEL', KEYS[1])
 """
 
+# KEYS: doc keys..., views  ARGV: crew ids -> the documents (MGET) after counting a view
+# of each: a batch of 100 in one command, rather than an MGET and 100 ZINCRBYs.
+_BATCH_READ = """
+local docs = redis.call('MGET', unpack(KEYS, 1, #KEYS - 1))
+for i = 1, #ARGV do redis.call('ZINCRBY', KEYS[#KEYS], 1, ARGV[i]) end
+return docs
+"""
+
 # KEYS: lock, doc -> {lock exists, value}: one atomic look at a key being computed.
 _PEEK = """
 return {redis.call('EXISTS', KEYS[1]), redis.call('GET', KEYS[2])}
@@ -444,6 +452,7 @@ class CacheService:
                 "invalidate": client.register_script(_INVALIDATE),
                 "release": client.register_script(_RELEASE),
                 "peek": client.register_script(_PEEK),
+                "batch_read": client.register_script(_BATCH_READ),
             }
 
     @classmethod
@@ -561,15 +570,8 @@ class CacheService:
             except CacheUnavailable:
                 return None
 
-        def run():
-            pipe = self.client.pipeline(transaction=False)
-            pipe.mget(keys)
-            for member in members:
-                pipe.zincrby(self.views_key(), 1, member)
-            return pipe.execute()[0]
-
         try:
-            return self._call(run)
+            return self._call(self._evalsha, "batch_read", [*keys, self.views_key()], members)
         except CacheUnavailable:
             return None
 

@@ -214,14 +214,17 @@ def many_crews_metadata_json(crew_ids):
     if values is None:
         values = [None] * len(crew_ids)
     out = []
+    hits = 0
     for crew_id, value in zip(crew_ids, values, strict=True):
         if crew_id is None:
             value = NULL  # well-formed, but no crew can have this id
         elif value is None:
             value, _ = crew_metadata_json(crew_id, count_view=False)
-        elif cache.enabled:
-            cache.counters.record(CREW, "hit")
+        else:
+            hits += 1
         out.append(value)
+    if hits:
+        cache.counters.record(CREW, "hit", hits)
     return b"[" + b",".join(out) + b"]"
 
 
