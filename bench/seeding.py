@@ -26,7 +26,6 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-BATCH = 20_000
 # Older than seed-demo's crews (2026-01-01 on), so start-up warming (newest crews first)
 # never picks the bench's own crews.
 EPOCH = datetime(2024, 1, 1)
@@ -34,13 +33,12 @@ EPOCH = datetime(2024, 1, 1)
 
 def seed_crews(owner, run_counts, agents_per_crew=3, seed=11, label="bench"):
     """Insert one public crew per entry of ``run_counts`` with that many runs; return ids."""
-    from sqlalchemy import insert
 
     from crew7.auth import new_token
     from crew7.extensions import db
     from crew7.models import Agent, Crew, Run, User, hash_token
     from crew7.services.run_stats import recompute_crew_stats
-    from crew7.services.seed import LLMS, ROLES, _insert_returning_ids
+    from crew7.services.seed import LLMS, ROLES, _insert_returning_ids, insert_in_batches
 
     rng = random.Random(seed)
     conn = db.session.connection()
@@ -88,36 +86,29 @@ def seed_crews(owner, run_counts, agents_per_crew=3, seed=11, label="bench"):
                     "updated_at": EPOCH,
                 }
             )
-    for start in range(0, len(agent_rows), BATCH):
-        conn.execute(insert(Agent), agent_rows[start : start + BATCH])
-    batch = []
-    total = 0
+    insert_in_batches(conn, Agent, agent_rows)
+    total = insert_in_batches(conn, Run, _bench_runs(rng, crew_ids, run_counts))
+    recompute_crew_stats(conn, crew_ids)
+    db.session.commit()
+    return crew_ids, total
+
+
+def _bench_runs(rng, crew_ids, run_counts):
+    """Finished runs, 80% of them successful, ``run_counts[i]`` for crew ``crew_ids[i]``."""
     for n, (crew_id, runs) in enumerate(zip(crew_ids, run_counts, strict=True)):
         for r in range(runs):
             started = EPOCH + timedelta(minutes=n, seconds=r)
             succeeded = rng.random() < 0.8
             duration = round(rng.uniform(5, 600), 2)
-            batch.append(
-                {
-                    "crew_id": crew_id,
-                    "status": "succeeded" if succeeded else "failed",
-                    "started_at": started,
-                    "finished_at": started + timedelta(seconds=duration),
-                    "duration": duration,
-                    "tokens_used": rng.randint(500, 50_000),
-                    "created_at": started,
-                }
-            )
-            if len(batch) >= BATCH:
-                conn.execute(insert(Run), batch)
-                total += len(batch)
-                batch = []
-    if batch:
-        conn.execute(insert(Run), batch)
-        total += len(batch)
-    recompute_crew_stats(conn, crew_ids)
-    db.session.commit()
-    return crew_ids, total
+            yield {
+                "crew_id": crew_id,
+                "status": "succeeded" if succeeded else "failed",
+                "started_at": started,
+                "finished_at": started + timedelta(seconds=duration),
+                "duration": duration,
+                "tokens_used": rng.randint(500, 50_000),
+                "created_at": started,
+            }
 
 
 def main(argv=None):

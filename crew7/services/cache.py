@@ -515,10 +515,6 @@ class CacheService:
         except redis.exceptions.NoScriptError:
             return script(keys=keys, args=args)
 
-    @property
-    def available(self):
-        return self.enabled and self.client is not None and self.breaker.state != "open"
-
     # -- plain operations -------------------------------------------------------
     def get(self, key):
         """Stored bytes or None (also None when Redis is unavailable)."""
@@ -591,12 +587,6 @@ class CacheService:
             return True
         except CacheUnavailable:
             return False
-
-    def ttl_of(self, key):
-        try:
-            return self._call(self.client.ttl, key)
-        except CacheUnavailable:
-            return None
 
     # -- read-through -------------------------------------------------------------
     def read_through(self, family, key, compute, count_view=None):
@@ -825,15 +815,12 @@ class CacheService:
         if not keys:
             return True
         try:
-            self._call_unguarded_invalidate(keys)
+            self._send_invalidations(keys)
             return True
         except REDIS_ERRORS:
             with self._pending_lock:
                 self._pending |= keys
             return False
-
-    def _call_unguarded_invalidate(self, keys):
-        self._send_invalidations(keys)
 
     def _schedule_retry(self):
         if self._retry_timer is not None and self._retry_timer.is_alive():
@@ -841,17 +828,7 @@ class CacheService:
         interval = min(1.0, max(0.1, self.breaker.cooldown / 4))
 
         def retry():
-            if not self._pending:
-                return
-            try:
-                with self._pending_lock:
-                    keys = set(self._pending)
-                self._call_unguarded_invalidate(keys)
-                with self._pending_lock:
-                    self._pending -= keys
-            except REDIS_ERRORS:
-                pass
-            if self._pending:
+            if not self._flush_pending():
                 self._retry_timer = None
                 self._schedule_retry()
 
@@ -951,22 +928,6 @@ class CacheService:
         except CacheUnavailable:
             return []
         return [int(i) for i in ids]
-
-    def count_views(self, crew_ids):
-        """Count batch views in one pipelined call (the single-document path counts in its read)."""
-        if not crew_ids or not self.enabled:
-            return
-
-        def run():
-            pipe = self.client.pipeline(transaction=False)
-            for crew_id in crew_ids:
-                pipe.zincrby(self.views_key(), 1, crew_id)
-            return pipe.execute()
-
-        try:
-            self._call(run)
-        except CacheUnavailable:
-            pass
 
     def stats_read_through(self, key, ttl, compute):
         """Plain read-through for the stats documents (no fence: they may lag STATS_TTL)."""

@@ -73,10 +73,16 @@ def seed_demo(users=3, crews=20, agents_per_crew=3, runs_per_crew=25, private_ev
                     "updated_at": created,
                 }
             )
-    for start in range(0, len(agent_rows), BATCH):
-        conn.execute(insert(Agent), agent_rows[start : start + BATCH])
-    runs = 0
-    batch = []
+    insert_in_batches(conn, Agent, agent_rows)
+    runs = insert_in_batches(conn, Run, _demo_runs(rng, crew_ids, runs_per_crew))
+    recompute_crew_stats(conn, crew_ids)
+    db.session.commit()
+    return {"users": len(user_ids), "crews": crews, "agents": len(agent_rows), "runs": runs}
+
+
+def _demo_runs(rng, crew_ids, runs_per_crew):
+    """Each crew's runs: a success rate of its own, durations, and sometimes a last run
+    still running."""
     for n, crew_id in enumerate(crew_ids):
         success_bias = 0.5 + 0.45 * rng.random()
         for r in range(runs_per_crew):
@@ -88,27 +94,31 @@ def seed_demo(users=3, crews=20, agents_per_crew=3, runs_per_crew=25, private_ev
                 status = "succeeded" if roll < success_bias else "failed"
                 duration = round(rng.uniform(5, 600), 2)
                 finished = started + timedelta(seconds=duration)
-            batch.append(
-                {
-                    "crew_id": crew_id,
-                    "status": status,
-                    "started_at": started,
-                    "finished_at": finished,
-                    "duration": duration,
-                    "tokens_used": rng.randint(500, 50_000),
-                    "created_at": started,
-                }
-            )
-            if len(batch) >= BATCH:
-                conn.execute(insert(Run), batch)
-                runs += len(batch)
-                batch = []
+            yield {
+                "crew_id": crew_id,
+                "status": status,
+                "started_at": started,
+                "finished_at": finished,
+                "duration": duration,
+                "tokens_used": rng.randint(500, 50_000),
+                "created_at": started,
+            }
+
+
+def insert_in_batches(conn, model, rows):
+    """Bulk-insert ``rows`` (any iterable of dicts) BATCH at a time; returns the count."""
+    count = 0
+    batch = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= BATCH:
+            conn.execute(insert(model), batch)
+            count += len(batch)
+            batch = []
     if batch:
-        conn.execute(insert(Run), batch)
-        runs += len(batch)
-    recompute_crew_stats(conn, crew_ids)
-    db.session.commit()
-    return {"users": len(user_ids), "crews": crews, "agents": len(agent_rows), "runs": runs}
+        conn.execute(insert(model), batch)
+        count += len(batch)
+    return count
 
 
 def _insert_returning_ids(conn, model, rows):
