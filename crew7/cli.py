@@ -70,11 +70,15 @@ def recompute_stats_command():
 )
 def warm_cache_command(limit):
     """Warm the most popular crews, their agents and the leaderboards."""
-    from crew7.services.warming import warm_all_caches
+    from crew7.services.cache import CacheUnavailable
+    from crew7.services.warming import describe, warm_all_caches
 
     started = time.perf_counter()
-    summary = warm_all_caches(limit)
-    click.echo(f"Cache warming complete: {summary}")
+    try:
+        summary = warm_all_caches(limit)
+    except CacheUnavailable as exc:
+        raise click.ClickException(f"cache not warmed: Redis is unavailable ({exc})") from None
+    click.echo(f"Cache warming complete: {describe(summary)}")
     click.echo(f"took {time.perf_counter() - started:.2f} s", err=True)
 
 

@@ -36,6 +36,9 @@ class DefaultConfig:
     METADATA_CACHE_ENABLED = True
     METADATA_TTL = 300
     POPULAR_CREWS_TTL = 600
+    # The popularity set (stats:crew_views) keeps at most this many crews, the most viewed;
+    # only views of public crews that exist are counted, once per crew per request.
+    POPULARITY_SIZE = 10000
     STATS_TTL = 180
     NEGATIVE_TTL = 30
     CACHE_NAMESPACE = ""
@@ -88,6 +91,7 @@ class DefaultConfig:
 _INT_SETTINGS = {
     "METADATA_TTL": 1,
     "POPULAR_CREWS_TTL": 1,
+    "POPULARITY_SIZE": 1,
     "STATS_TTL": 1,
     "NEGATIVE_TTL": 1,
     "CACHE_WARM_COUNT": 0,

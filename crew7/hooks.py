@@ -10,7 +10,10 @@ Every committed change, whoever makes it (API, CLI, scripts), passes through her
 What affects which document: a crew's name, description, process or visibility ->
 the crew, its agents list and each of its agents; an agent -> itself and its crew's
 agents list (and the crew when one is added or removed: the agent count); a run ->
-its crew. Other changes (timestamps, users) invalidate nothing.
+its crew. A crew renamed, made private or public, or deleted -> the stats documents
+that name crews (popular crews, leaderboards), and a deleted crew leaves the popularity
+set. Other changes (timestamps, users) invalidate nothing; run counts in the stats
+documents may lag their TTL.
 """
 
 from flask import current_app, has_app_context
@@ -23,6 +26,8 @@ from crew7.services.cache import get_cache_service
 from crew7.services.run_stats import StatsDelta
 
 CREW_FIELDS = ("name", "description", "process", "is_public")
+# What the stats documents show of a crew: its name, and whether it is listed at all.
+CREW_STATS_FIELDS = ("name", "is_public")
 AGENT_FIELDS = ("name", "role", "goal", "backstory", "llm", "tools")
 
 _KEY = "crew7.invalidate"
@@ -35,7 +40,15 @@ def _changed(obj, names):
 
 def _pending(session):
     return session.info.setdefault(
-        _KEY, {"crews": {}, "agents": set(), "crew_docs": set(), "agent_lists": set()}
+        _KEY,
+        {
+            "crews": {},
+            "agents": set(),
+            "crew_docs": set(),
+            "agent_lists": set(),
+            "stats": False,
+            "deleted_crews": set(),
+        },
     )
 
 
@@ -52,10 +65,14 @@ def before_flush(session, flush_context, instances):
         if isinstance(obj, Crew) and _changed(obj, CREW_FIELDS):
             ids = session.scalars(select(Agent.id).where(Agent.crew_id == obj.id))
             _note_crew(pending, obj.id, ids)
+            if _changed(obj, CREW_STATS_FIELDS):
+                pending["stats"] = True
     for obj in session.deleted:
         if isinstance(obj, Crew):
             ids = session.scalars(select(Agent.id).where(Agent.crew_id == obj.id))
             _note_crew(pending, obj.id, ids)
+            pending["stats"] = True
+            pending["deleted_crews"].add(obj.id)
 
 
 def after_flush(session, flush_context):
@@ -107,8 +124,12 @@ def after_commit(session):
     keys.extend(cache.crew_key(c) for c in pending["crew_docs"])
     keys.extend(cache.crew_agents_key(c) for c in pending["agent_lists"])
     keys.extend(cache.agent_key(a) for a in pending["agents"])
+    if pending["stats"]:
+        keys.extend(cache.stats_keys())
     if keys:
         cache.invalidate_keys(keys)
+    if pending["deleted_crews"]:
+        cache.forget_views([str(c) for c in pending["deleted_crews"]])
 
 
 def _after_soft_rollback(session, previous_transaction):

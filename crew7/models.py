@@ -39,8 +39,14 @@ def hash_token(token):
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+# Ids are never reused (a crew's or an agent's id is its NFT token id): AUTOINCREMENT
+# on SQLite, whose plain INTEGER PRIMARY KEY hands a deleted last row's id to the next.
+_NO_ID_REUSE = {"sqlite_autoincrement": True}
+
+
 class User(db.Model):
     __tablename__ = "users"
+    __table_args__ = (_NO_ID_REUSE,)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(80), unique=True)
@@ -56,6 +62,7 @@ class Crew(db.Model):
     __table_args__ = (
         CheckConstraint("process IN ('sequential', 'hierarchical')", name="ck_crews_process"),
         Index("ix_crews_public_id", "is_public", "id"),
+        _NO_ID_REUSE,
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -85,6 +92,7 @@ class Crew(db.Model):
 
 class Agent(db.Model):
     __tablename__ = "agents"
+    __table_args__ = (_NO_ID_REUSE,)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     crew_id: Mapped[int] = mapped_column(ForeignKey("crews.id", ondelete="CASCADE"), index=True)
@@ -109,6 +117,7 @@ class Run(db.Model):
         # Per-crew aggregation and per-crew pagination walk this index only.
         Index("ix_runs_crew_status", "crew_id", "status"),
         Index("ix_runs_crew_id_id", "crew_id", "id"),
+        _NO_ID_REUSE,
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -93,9 +93,9 @@ def test_miss_then_hit_one_round_trip(client, alice, cache, redis_client):
     sent = commands_between(redis_client, before, commandstats(redis_client))
     assert second.get_data() == first.get_data()
     assert cache.counters.computations == 1 and cache.counters.hits == 1
-    # One EVALSHA: GET + PTTL + the popularity ZINCRBY inside one script call.
+    # One EVALSHA: GET + PTTL + the popularity count (ZSCORE, ZINCRBY) in one call.
     assert sent.get("evalsha") == 1
-    assert set(sent) <= {"evalsha", "get", "pttl", "zincrby"}, sent
+    assert set(sent) <= {"evalsha", "get", "pttl", "zscore", "zcard", "zincrby"}, sent
 
 
 def test_keys_values_and_ttls(client, alice, redis_client, app):
@@ -159,7 +159,13 @@ def test_batch(client, alice, bob, cache, redis_client, redis_topology):
         assert sent.get("mget", 0) <= len(ids)  # one MGET per slot the ids fall in
     else:
         # The whole batch, view counts included, in one command (MGET inside the script).
-        assert sent.get("evalsha") == 1 and set(sent) <= {"evalsha", "mget", "zincrby"}, sent
+        assert sent.get("evalsha") == 1 and set(sent) <= {
+            "evalsha",
+            "mget",
+            "zscore",
+            "zcard",
+            "zincrby",
+        }, sent
 
 
 @pytest.mark.parametrize(

@@ -122,14 +122,47 @@ def flask_caching_config(config):
     return settings
 
 
-# KEYS: doc, fence[, views]  ARGV: [member]
+# Popularity: a view is counted only for a document that exists and is public (never for
+# the negative entry of an unknown or private id, which anyone can ask for). The set holds
+# at most `keep` crews, kept by Space-Saving (Metwally, Agrawal, El Abbadi, ICDT 2005): a
+# crew not in a full set takes the place of the least viewed one and inherits its count
+# plus its own views, so the set stays bounded, a newcomer can still rise, and every
+# crew viewed more than total/keep times is in it.
+_COUNT_VIEW = """
+local function count_view(views, member, n, keep)
+  if redis.call('ZSCORE', views, member) or redis.call('ZCARD', views) < keep then
+    redis.call('ZINCRBY', views, n, member)
+    return
+  end
+  local least = redis.call('ZRANGE', views, 0, 0, 'WITHSCORES')
+  redis.call('ZREM', views, least[1])
+  redis.call('ZADD', views, tonumber(least[2]) + n, member)
+end
+"""
+
+# KEYS: doc, fence[, views]  ARGV: [member, keep]
 # -> {1, value, pttl} on a hit, {0, fence} on a miss
-_READ = """
+_READ = (
+    _COUNT_VIEW
+    + """
 local v = redis.call('GET', KEYS[1])
-if #KEYS > 2 then redis.call('ZINCRBY', KEYS[3], 1, ARGV[1]) end
-if v then return {1, v, redis.call('PTTL', KEYS[1])} end
+if v then
+  if #KEYS > 2 and v ~= 'null' then count_view(KEYS[3], ARGV[1], 1, tonumber(ARGV[2])) end
+  return {1, v, redis.call('PTTL', KEYS[1])}
+end
 return {0, redis.call('GET', KEYS[2]) or ''}
 """
+)
+
+# KEYS: views  ARGV: member, keep, n: n views of a public document (a miss's, or a
+# Cluster's buffered ones).
+_VIEW = (
+    _COUNT_VIEW
+    + """
+count_view(KEYS[1], ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[2]))
+return 1
+"""
+)
 
 # KEYS: doc, lock  ARGV: lock_token, lease_ms
 # -> {1, value} if the value is there by now, {2} when the lock is ours, {0} if held.
@@ -162,13 +195,20 @@ redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
 return redis.call('DEL', KEYS[1])
 """
 
-# KEYS: doc keys..., views  ARGV: crew ids -> the documents (MGET) after counting a view
-# of each: a batch of 100 in one command, rather than an MGET and 100 ZINCRBYs.
-_BATCH_READ = """
+# KEYS: doc keys..., views  ARGV: keep, crew ids -> the documents (MGET) after counting a
+# view of each one found: a batch of 100 in one command, rather than an MGET and 100
+# ZINCRBYs. The caller passes each id once.
+_BATCH_READ = (
+    _COUNT_VIEW
+    + """
 local docs = redis.call('MGET', unpack(KEYS, 1, #KEYS - 1))
-for i = 1, #ARGV do redis.call('ZINCRBY', KEYS[#KEYS], 1, ARGV[i]) end
+local keep = tonumber(ARGV[1])
+for i = 1, #docs do
+  if docs[i] and docs[i] ~= 'null' then count_view(KEYS[#KEYS], ARGV[i + 1], 1, keep) end
+end
 return docs
 """
+)
 
 # KEYS: lock, doc -> {lock exists, value}: one atomic look at a key being computed.
 _PEEK = """
@@ -207,10 +247,11 @@ class ViewBuffer:
             return
 
         def run():
-            pipe = self.service.client.pipeline(transaction=False)
+            service = self.service
             for member, n in counts.items():
-                pipe.zincrby(self.service.views_key(), n, member)
-            pipe.execute()
+                service._evalsha(
+                    "view", [service.views_key()], [member, service.popularity_size, n]
+                )
 
         try:
             self.service._call(run)
@@ -425,6 +466,7 @@ class CacheService:
         self.popular_ttl = config["POPULAR_CREWS_TTL"]
         self.stats_ttl = config["STATS_TTL"]
         self.negative_ttl = config["NEGATIVE_TTL"]
+        self.popularity_size = config["POPULARITY_SIZE"]
         self.counters = Counters()
         self.counters.window.configure(
             config["HIT_RATE_WINDOW"],
@@ -447,6 +489,7 @@ class CacheService:
         if client is not None:
             self._scripts = {
                 "read": client.register_script(_READ),
+                "view": client.register_script(_VIEW),
                 "fill": client.register_script(_FILL),
                 "acquire": client.register_script(_ACQUIRE),
                 "invalidate": client.register_script(_INVALIDATE),
@@ -555,21 +598,48 @@ class CacheService:
             return [None] * len(keys)
 
     def get_many_counting_views(self, keys, members):
-        """One round trip: MGET ``keys`` and count a view of each of ``members``."""
+        """One round trip: MGET ``keys`` and count a view of each member whose document is
+        found (public); ``members`` name distinct documents. None when Redis is unavailable."""
         if not keys:
             return []
         if self.cluster:
-            for member in members:
-                self.views.add(member)
             try:
-                return self._call(self.client.mget_nonatomic, keys)
+                values = self._call(self.client.mget_nonatomic, keys)
             except CacheUnavailable:
                 return None
+            for member, value in zip(members, values, strict=True):
+                if value is not None and value != NULL:
+                    self.views.add(member)
+            return values
 
         try:
-            return self._call(self._evalsha, "batch_read", [*keys, self.views_key()], members)
+            return self._call(
+                self._evalsha,
+                "batch_read",
+                [*keys, self.views_key()],
+                [self.popularity_size, *members],
+            )
         except CacheUnavailable:
             return None
+
+    def count_view(self, member):
+        """A view of a public document computed on a miss (a hit counts in its script)."""
+        if self.views is not None:
+            self.views.add(member)
+            return
+        try:
+            self._call(self._evalsha, "view", [self.views_key()], [member, self.popularity_size, 1])
+        except CacheUnavailable:
+            pass  # popularity is best effort
+
+    def forget_views(self, members):
+        """Drop deleted crews from the popularity set."""
+        if not members or self.client is None:
+            return
+        try:
+            self._call(self.client.zrem, self.views_key(), *members)
+        except CacheUnavailable:
+            pass
 
     def set_many(self, mapping, ttl):
         """Store many values in one pipelined round trip."""
@@ -589,25 +659,24 @@ class CacheService:
             return False
 
     # -- read-through -------------------------------------------------------------
-    def read_through(self, family, key, compute, count_view=None):
+    def read_through(self, family, key, compute, count_view=None, ttl=None):
         """Return ``(bytes, hit)`` for ``key``, computing it with ``compute()`` on a miss.
 
         ``compute`` returns the document's JSON bytes, or None when the id is unknown
         or private (cached briefly as ``null``). Exactly one caller computes a cold key;
-        the others wait for its result (bounded), then compute themselves.
+        the others wait for its result (bounded), then compute themselves. ``count_view``
+        names the crew whose view to count when the document is public; ``ttl`` overrides
+        the family's.
         """
         if not self.enabled:
             self.counters.record(family, "bypass")
             return self._compute(family, compute), False
         fence_key = self.fence_key(key)
         keys = [key, fence_key]
-        args = []
-        if count_view is not None:
-            if self.views is not None:
-                self.views.add(count_view)
-            else:
-                keys.append(self.views_key())
-                args.append(count_view)
+        args = ()
+        if count_view is not None and self.views is None:
+            keys.append(self.views_key())
+            args = (count_view, self.popularity_size)
         try:
             reply = self._call(self._evalsha, "read", keys, args)
         except CacheUnavailable:
@@ -616,13 +685,63 @@ class CacheService:
         if reply[0] == 1:
             value, pttl = reply[1], reply[2]
             self.counters.record(family, "hit")
+            if self.views is not None and count_view is not None and value != NULL:
+                self.views.add(count_view)
             if self._should_refresh_early(family, pttl):
-                self._schedule_early_refresh(family, key, compute)
+                self._schedule_early_refresh(family, key, compute, ttl)
             return value, True
         self.counters.record(family, "miss")
-        return self._fill(family, key, compute, _text(reply[1])), False
+        value = self._fill(family, key, compute, _text(reply[1]), ttl)
+        if count_view is not None and value != NULL:
+            self.count_view(count_view)
+        return value, False
 
-    def _fill(self, family, key, compute, fence):
+    def warm(self, family, key, compute, ttl=None):
+        """Fill ``key`` unless it is cached: ``(bytes, outcome)``, outcome one of
+        ``"present"`` (already cached, or being filled by another process), ``"stored"``,
+        ``"refused"`` (an invalidation raced the fill) or ``"unknown"`` (null: the id is
+        unknown or private; remembered briefly like any miss).
+
+        Raises CacheUnavailable when Redis cannot be reached, so a caller can tell
+        "stored" from "answered without the cache".
+        """
+        lock_key = self.lock_key(key)
+        token = _lock_token()
+        reply = self._call(self._evalsha, "read", [key, self.fence_key(key)])
+        if reply[0] == 1:
+            return reply[1], "present"
+        fence = _text(reply[1])
+        reply = self._call(
+            self._scripts["acquire"], keys=[key, lock_key], args=[token, self.lease_ms]
+        )
+        if reply[0] == 1:
+            return reply[1], "present"
+        if reply[0] == 0:
+            return None, "present"
+        try:
+            value = self._compute(family, compute, key)
+        except BaseException:
+            self._release(lock_key, token)
+            raise
+        if ttl is None:
+            ttl = self.ttl[family]
+        stored = self._call(
+            self._scripts["fill"],
+            keys=[key, self.fence_key(key), lock_key],
+            args=[value, int((self.negative_ttl if value == NULL else ttl) * 1000), fence, token],
+        )
+        if value == NULL:
+            return value, "unknown"
+        if not stored:
+            self.counters.record(family, "fill_rejected")
+            return value, "refused"
+        return value, "stored"
+
+    def claim(self, key, value, ttl):
+        """SET NX with a TTL in seconds: True for the one caller that set it."""
+        return bool(self._call(self.client.set, key, value, nx=True, ex=ttl))
+
+    def _fill(self, family, key, compute, fence, ttl=None):
         lock_key = self.lock_key(key)
         token = _lock_token()
         deadline = time.monotonic() + self.wait_max
@@ -636,7 +755,7 @@ class CacheService:
             if reply[0] == 1:
                 return reply[1]
             if reply[0] == 2:
-                return self._compute_and_store(family, key, compute, fence, token)
+                return self._compute_and_store(family, key, compute, fence, token, ttl)
             self.counters.record(family, "wait")
             value = self._wait_for(key, lock_key, deadline)
             if value is not None:
@@ -685,7 +804,7 @@ class CacheService:
             log.info("cache compute key=%s pid=%d ms=%.1f", key, os.getpid(), elapsed * 1000)
         return NULL if document is None else document
 
-    def _compute_and_store(self, family, key, compute, fence, token):
+    def _compute_and_store(self, family, key, compute, fence, token, ttl=None):
         try:
             value = self._compute(family, compute, key)
             if self.fill_delay:
@@ -693,7 +812,10 @@ class CacheService:
         except BaseException:
             self._release(self.lock_key(key), token)
             raise
-        ttl = self.negative_ttl if value == NULL else self.ttl[family]
+        if value == NULL:
+            ttl = self.negative_ttl
+        elif ttl is None:
+            ttl = self.ttl[family]
         try:
             stored = self._call(
                 self._scripts["fill"],
@@ -728,17 +850,17 @@ class CacheService:
         gap = -delta * math.log(1.0 - random.random())
         return gap * 1000 >= pttl
 
-    def _schedule_early_refresh(self, family, key, compute):
+    def _schedule_early_refresh(self, family, key, compute, ttl=None):
         """Refresh after the response is sent, so no client waits on the computation."""
         if not has_request_context():
-            self._refresh_early(family, key, compute)
+            self._refresh_early(family, key, compute, ttl)
             return
         app = current_app._get_current_object()
 
         def refresh():
             with app.app_context():
                 try:
-                    self._refresh_early(family, key, compute)
+                    self._refresh_early(family, key, compute, ttl)
                 except Exception:
                     log.exception("early refresh of %s failed", key)
                 finally:
@@ -751,7 +873,7 @@ class CacheService:
             response.call_on_close(refresh)
             return response
 
-    def _refresh_early(self, family, key, compute):
+    def _refresh_early(self, family, key, compute, ttl=None):
         """Recompute a hot key before it expires; only the lock holder does it."""
         lock_key = self.lock_key(key)
         token = _lock_token()
@@ -762,7 +884,7 @@ class CacheService:
         except CacheUnavailable:
             return
         self.counters.record(family, "early_refresh")
-        self._compute_and_store(family, key, compute, fence, token)
+        self._compute_and_store(family, key, compute, fence, token, ttl)
 
     # -- invalidation -------------------------------------------------------------
     def invalidate_keys(self, keys):
@@ -930,22 +1052,13 @@ class CacheService:
         return [int(i) for i in ids]
 
     def stats_read_through(self, key, ttl, compute):
-        """Plain read-through for the stats documents (no fence: they may lag STATS_TTL)."""
-        try:
-            if not self.enabled:
-                raise CacheUnavailable("cache disabled")
-            value = self._call(self.client.get, key)
-        except CacheUnavailable:
-            self.counters.record(STATS, "bypass")
-            return self._compute(STATS, compute)
-        if value is not None:
-            self.counters.record(STATS, "hit")
-            return value
-        self.counters.record(STATS, "miss")
-        value = self._compute(STATS, compute)
-        if self.enabled:
-            self.set(key, value, ttl)
-        return value
+        """The stats documents, fenced and single-flight like the metadata documents, so
+        a crew made private or deleted leaves them with the write's invalidation."""
+        return self.read_through(STATS, key, compute, ttl=ttl)[0]
+
+    def stats_keys(self):
+        """The stats documents that name crews: popular crews and the leaderboards."""
+        return [self.popular_key()] + [self.leaderboard_key(k) for k in LEADERBOARD_TYPES]
 
     def info(self):
         """Keys per family and memory used, for operators (SCAN, never KEYS)."""

@@ -199,33 +199,25 @@ def many_crews_metadata_json(crew_ids):
     """A JSON array of the crews' documents in request order (null for unknown or private).
 
     Hits cost one MGET for the whole batch; each missing document goes through the
-    read-through path, so it is fenced and computed once.
+    read-through path, so it is fenced and computed once. A crew named several times is
+    looked up, and its view counted, once.
     """
     cache = get_cache_service()
-    values = None
-    known = [c for c in crew_ids if c is not None]
-    if cache.enabled and known:
-        found = cache.get_many_counting_views(
-            [cache.crew_key(c) for c in known], [str(c) for c in known]
+    distinct = list(dict.fromkeys(c for c in crew_ids if c is not None))
+    found = {}
+    if cache.enabled and distinct:
+        values = cache.get_many_counting_views(
+            [cache.crew_key(c) for c in distinct], [str(c) for c in distinct]
         )
-        if found is not None:
-            found = iter(found)
-            values = [None if c is None else next(found) for c in crew_ids]
-    if values is None:
-        values = [None] * len(crew_ids)
-    out = []
-    hits = 0
-    for crew_id, value in zip(crew_ids, values, strict=True):
-        if crew_id is None:
-            value = NULL  # well-formed, but no crew can have this id
-        elif value is None:
-            value, _ = crew_metadata_json(crew_id, count_view=False)
-        else:
-            hits += 1
-        out.append(value)
-    if hits:
-        cache.counters.record(CREW, "hit", hits)
-    return b"[" + b",".join(out) + b"]"
+        if values is not None:
+            found = {c: v for c, v in zip(distinct, values, strict=True) if v is not None}
+    if found:
+        cache.counters.record(CREW, "hit", len(found))
+    for crew_id in distinct:
+        if crew_id not in found:
+            found[crew_id], _ = crew_metadata_json(crew_id)
+    # Well-formed ids that no crew can have are null.
+    return b"[" + b",".join(NULL if c is None else found[c] for c in crew_ids) + b"]"
 
 
 def crew_to_nft_metadata(crew, base_url=None, cdn_url=None, use_cache=True):

@@ -8,7 +8,15 @@ import threading
 from flask import current_app
 
 from crew7.services import metadata, stats
-from crew7.services.cache import LEADERBOARD_TYPES, CacheUnavailable, get_cache_service
+from crew7.services.cache import (
+    AGENT,
+    CREW,
+    CREW_AGENTS,
+    LEADERBOARD_TYPES,
+    STATS,
+    CacheUnavailable,
+    get_cache_service,
+)
 
 log = logging.getLogger(__name__)
 
@@ -16,29 +24,48 @@ log = logging.getLogger(__name__)
 def warm_popular_crews(limit, with_agents=False, with_stats=False):
     """Put the ``limit`` most popular public crews' documents in the cache.
 
-    Returns the summary dict, e.g. ``{'popular_crews': 10}``.
+    Returns what happened, per document family: ``{"stored": {"crew": 10}, "present":
+    {...}, "refused": {...}}`` (``present``: already cached; ``refused``: a write
+    invalidated it meanwhile). Raises CacheUnavailable when Redis cannot be reached or
+    the cache is off: nothing can be warmed then, and saying otherwise would mislead.
     """
-    ids = stats.popular_crew_ids(limit)
-    summary = {"popular_crews": 0}
-    if with_agents:
-        summary["crew_agents"] = 0
-        summary["agents"] = 0
-    for crew_id in ids:
-        body, _ = metadata.crew_metadata_json(crew_id, count_view=False)
-        if body == b"null":
-            continue
-        summary["popular_crews"] += 1
+    cache = get_cache_service()
+    if not cache.enabled:
+        raise CacheUnavailable("the metadata cache is disabled (METADATA_CACHE_ENABLED)")
+    if not cache.ping():
+        raise CacheUnavailable("Redis did not answer PING")
+    summary = {"stored": {}, "present": {}, "refused": {}}
+
+    def warm(family, key, compute, ttl=None):
+        value, outcome = cache.warm(family, key, compute, ttl)
+        if outcome in summary:
+            summary[outcome][family] = summary[outcome].get(family, 0) + 1
+        return outcome != "unknown"
+
+    for crew_id in stats.popular_crew_ids(limit):
+        if not warm(CREW, cache.crew_key(crew_id), lambda c=crew_id: metadata.compute_crew_json(c)):
+            continue  # made private or deleted since it was ranked
         if with_agents:
-            metadata.crew_agents_metadata_json(crew_id)
-            summary["crew_agents"] += 1
+            warm(
+                CREW_AGENTS,
+                cache.crew_agents_key(crew_id),
+                lambda c=crew_id: metadata.compute_crew_agents_json(c),
+            )
             for agent_id in metadata.agent_ids_of_crew(crew_id):
-                metadata.agent_metadata_json(agent_id)
-                summary["agents"] += 1
+                warm(
+                    AGENT,
+                    cache.agent_key(agent_id),
+                    lambda a=agent_id: metadata.compute_agent_json(a),
+                )
     if with_stats:
-        stats.popular_crews_json()
+        warm(STATS, cache.popular_key(), stats.compute_popular_crews, cache.popular_ttl)
         for kind in LEADERBOARD_TYPES:
-            stats.leaderboard_json(kind)
-        summary["leaderboards"] = len(LEADERBOARD_TYPES)
+            warm(
+                STATS,
+                cache.leaderboard_key(kind),
+                lambda k=kind: stats.compute_leaderboard(k),
+                cache.stats_ttl,
+            )
     return summary
 
 
@@ -46,6 +73,16 @@ def warm_all_caches(limit=None):
     """``flask warm-cache``: popular crews, their agents, popular crews list, leaderboards."""
     limit = current_app.config["CACHE_WARM_COUNT"] if limit is None else limit
     return warm_popular_crews(limit, with_agents=True, with_stats=True)
+
+
+def describe(summary):
+    """One line for logs and the CLI, e.g. ``stored 25 (crew 5, agent 10, ...); ...``."""
+    parts = []
+    for outcome in ("stored", "present", "refused"):
+        counts = summary[outcome]
+        detail = ", ".join(f"{family} {n}" for family, n in sorted(counts.items()))
+        parts.append(f"{outcome} {sum(counts.values())}" + (f" ({detail})" if detail else ""))
+    return "; ".join(parts)
 
 
 def deployment_id():
@@ -61,7 +98,7 @@ def claim_warming(app):
     cache = get_cache_service(app)
     key = f"{cache.prefix}warming:{deployment_id()}"
     try:
-        return bool(cache._call(cache.client.set, key, os.getpid(), nx=True, ex=86400))
+        return cache.claim(key, os.getpid(), 86400)
     except CacheUnavailable:
         return False
 
@@ -75,7 +112,9 @@ def warm_in_background(app):
                 if not claim_warming(app):
                     return
                 summary = warm_popular_crews(app.config["CACHE_WARM_COUNT"])
-                log.info("Cache warming complete: %s", summary)
+                log.info("Cache warming complete: %s", describe(summary))
+            except CacheUnavailable as exc:
+                log.warning("cache not warmed: Redis unavailable (%s)", exc)
             except Exception:
                 log.exception("cache warming failed")
             finally:
