@@ -3,6 +3,8 @@ traffic cannot grow the popularity set or steer it; warming tells the truth."""
 
 import random
 import sqlite3
+import threading
+import time
 
 import pytest
 
@@ -199,3 +201,20 @@ def test_warm_cache_reports_what_it_stored(client, runner, alice, redis_client):
         "stored 11 (agent 3, crew 2, crew_agents 3, stats 3); present 1 (crew 1)" in result.output
     )
     assert redis_client.exists(*[f"metadata:crew:{c}" for c in crews]) == 3
+
+
+def test_a_stats_fill_that_raced_a_privacy_flip_is_refused(app_factory, make_user):
+    app = app_factory(CACHE_FILL_DELAY=0.6)
+    owner = make_user("dana")
+    client = app.test_client()
+    crew, _ = seed_crew(client, owner, agents=0, runs=[RUN] * 6)
+    # A reader computes the leaderboard while the crew is public, then stalls before
+    # storing it; meanwhile the owner makes the crew private.
+    reader = threading.Thread(target=lambda: app.test_client().get("/stats/leaderboard/runs"))
+    reader.start()
+    time.sleep(0.2)
+    r = client.patch(f"/crews/{crew['id']}", json={"is_public": False}, headers=owner["headers"])
+    assert r.status_code == 200
+    reader.join()
+    entries = body(client.get("/stats/leaderboard/runs"))["entries"]
+    assert crew["id"] not in [e["id"] for e in entries]
