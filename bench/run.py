@@ -487,11 +487,12 @@ class Bench:
         flask_cli(self.env, "cache-clear", "--all", timeout=600)
         wall, out, err = flask_cli(self.env, "warm-cache", "--limit", str(limit), timeout=1200)
         took = re.search(r"took ([0-9.]+) s", err)
-        summary = re.search(r"Cache warming complete: (\{.*\})", out)
+        summary = re.search(r"Cache warming complete: (.*)", out)
         crews = None
         if summary:
-            match = re.search(r"'popular_crews': (\d+)", summary.group(1))
-            crews = int(match.group(1)) if match else None
+            # "stored 23 (agent 10, crew 5, ...); present 0; refused 0": crews stored or present
+            found = re.findall(r"(?:stored|present) \d+ \(([^)]*)\)", summary.group(1))
+            crews = sum(int(n) for part in found for n in re.findall(r"\bcrew (\d+)", part))
         return {
             "limit": limit,
             "crews_warmed": crews,
