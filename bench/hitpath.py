@@ -55,7 +55,12 @@ def main():
                 pair = [
                     ("get", lambda: cache.client.get(key)),
                     ("hit", lambda: cache.read_through("crew", key, lambda: None, "1")),
-                    ("script", lambda: cache._scripts["read"](keys=keys, args=["1"])),
+                    (
+                        "script",
+                        lambda: cache._scripts["read"](
+                            keys=keys, args=["1", cache.popularity_size]
+                        ),
+                    ),
                 ]
                 if rep % 2:
                     pair.reverse()

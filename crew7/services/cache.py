@@ -141,7 +141,7 @@ end
 """
 
 # KEYS: doc, fence[, views]  ARGV: [member, keep]
-# -> {1, value, pttl} on a hit, {0, fence} on a miss
+# -> {1, value, pttl} on a hit, {0} on a miss
 _READ = (
     _COUNT_VIEW
     + """
@@ -150,7 +150,7 @@ if v then
   if #KEYS > 2 and v ~= 'null' then count_view(KEYS[3], ARGV[1], 1, tonumber(ARGV[2])) end
   return {1, v, redis.call('PTTL', KEYS[1])}
 end
-return {0, redis.call('GET', KEYS[2]) or ''}
+return {0}
 """
 )
 
@@ -164,22 +164,53 @@ return 1
 """
 )
 
-# KEYS: doc, lock  ARGV: lock_token, lease_ms
-# -> {1, value} if the value is there by now, {2} when the lock is ours, {0} if held.
-# Checking the value and taking the lock in one step closes the window in which a
-# holder fills and releases between our miss and our lock attempt.
-_ACQUIRE = """
-local v = redis.call('GET', KEYS[1])
-if v then return {1, v} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
-return {0}
+# Fences that cannot be lost. The lock holder reads the document's fence before it reads
+# the database, creating one (a fresh random token) when there is none, and its fill
+# lands only if the same token is still there. Whatever removes a fence (an invalidation
+# replacing it, a restart or failover that comes back empty, FLUSHALL, eviction under any
+# maxmemory-policy, expiry) leaves either another token or none, and both refuse the
+# fill: losing a fence costs a refused fill, never a stale document.
+_FENCE = """
+local function fence_of(fence, new_token, ttl)
+  local f = redis.call('GET', fence)
+  if f then return f end
+  redis.call('SET', fence, new_token, 'EX', ttl)
+  return new_token
+end
 """
 
+# KEYS: doc, lock, fence  ARGV: lock_token, lease_ms, new_fence, fence_ttl
+# -> {1, value} if the value is there by now, {2, fence} when the lock is ours, {0} if
+# held. Checking the value and taking the lock in one step closes the window in which a
+# holder fills and releases between our miss and our lock attempt.
+_ACQUIRE = (
+    _FENCE
+    + """
+local v = redis.call('GET', KEYS[1])
+if v then return {1, v} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {2, fence_of(KEYS[3], ARGV[3], ARGV[4])}
+end
+return {0}
+"""
+)
+
+# KEYS: lock, fence  ARGV: lock_token, lease_ms, new_fence, fence_ttl
+# -> the fence when the lock is ours (an early refresh of a key still cached), else nil.
+_LEASE = (
+    _FENCE
+    + """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+return fence_of(KEYS[2], ARGV[3], ARGV[4])
+"""
+)
+
 # KEYS: doc, fence, lock  ARGV: value, ttl_ms, fence_seen, lock_token
-# Stores the value only if no invalidation happened since the fence was read.
+# Stores the value only if the fence is still the one read before the database: a
+# missing fence refuses the fill like a replaced one.
 _FILL = """
 local stored = 0
-if (redis.call('GET', KEYS[2]) or '') == ARGV[3] then
+if redis.call('GET', KEYS[2]) == ARGV[3] then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   stored = 1
 end
@@ -492,6 +523,7 @@ class CacheService:
                 "view": client.register_script(_VIEW),
                 "fill": client.register_script(_FILL),
                 "acquire": client.register_script(_ACQUIRE),
+                "lease": client.register_script(_LEASE),
                 "invalidate": client.register_script(_INVALIDATE),
                 "release": client.register_script(_RELEASE),
                 "peek": client.register_script(_PEEK),
@@ -691,7 +723,7 @@ class CacheService:
                 self._schedule_early_refresh(family, key, compute, ttl)
             return value, True
         self.counters.record(family, "miss")
-        value = self._fill(family, key, compute, _text(reply[1]), ttl)
+        value = self._fill(family, key, compute, ttl)
         if count_view is not None and value != NULL:
             self.count_view(count_view)
         return value, False
@@ -707,17 +739,12 @@ class CacheService:
         """
         lock_key = self.lock_key(key)
         token = _lock_token()
-        reply = self._call(self._evalsha, "read", [key, self.fence_key(key)])
-        if reply[0] == 1:
-            return reply[1], "present"
-        fence = _text(reply[1])
-        reply = self._call(
-            self._scripts["acquire"], keys=[key, lock_key], args=[token, self.lease_ms]
-        )
+        reply = self._acquire(key, token)
         if reply[0] == 1:
             return reply[1], "present"
         if reply[0] == 0:
             return None, "present"
+        fence = _text(reply[1])
         try:
             value = self._compute(family, compute, key)
         except BaseException:
@@ -741,20 +768,26 @@ class CacheService:
         """SET NX with a TTL in seconds: True for the one caller that set it."""
         return bool(self._call(self.client.set, key, value, nx=True, ex=ttl))
 
-    def _fill(self, family, key, compute, fence, ttl=None):
+    def _acquire(self, key, token):
+        return self._call(
+            self._scripts["acquire"],
+            keys=[key, self.lock_key(key), self.fence_key(key)],
+            args=[token, self.lease_ms, _fence_token(), self.FENCE_TTL],
+        )
+
+    def _fill(self, family, key, compute, ttl=None):
         lock_key = self.lock_key(key)
         token = _lock_token()
         deadline = time.monotonic() + self.wait_max
         while True:
             try:
-                reply = self._call(
-                    self._scripts["acquire"], keys=[key, lock_key], args=[token, self.lease_ms]
-                )
+                reply = self._acquire(key, token)
             except CacheUnavailable:
                 return self._compute(family, compute)
             if reply[0] == 1:
                 return reply[1]
             if reply[0] == 2:
+                fence = _text(reply[1])
                 return self._compute_and_store(family, key, compute, fence, token, ttl)
             self.counters.record(family, "wait")
             value = self._wait_for(key, lock_key, deadline)
@@ -765,11 +798,7 @@ class CacheService:
                 self.counters.record(family, "wait_timeout")
                 return self._compute(family, compute)
             # The lock was released without a value (the fill was fenced out, or the
-            # holder failed): read the fence again before reading the database.
-            try:
-                fence = _text(self._call(self.client.get, self.fence_key(key)) or b"")
-            except CacheUnavailable:
-                return self._compute(family, compute)
+            # holder failed): try to take it, reading the fence again, before the database.
 
     def _wait_for(self, key, lock_key, deadline):
         """Poll until the value appears (return it) or the lock goes away (return None)."""
@@ -878,11 +907,16 @@ class CacheService:
         lock_key = self.lock_key(key)
         token = _lock_token()
         try:
-            fence = _text(self._call(self.client.get, self.fence_key(key)) or b"")
-            if not self._call(self.client.set, lock_key, token, nx=True, px=self.lease_ms):
-                return
+            fence = self._call(
+                self._scripts["lease"],
+                keys=[lock_key, self.fence_key(key)],
+                args=[token, self.lease_ms, _fence_token(), self.FENCE_TTL],
+            )
         except CacheUnavailable:
             return
+        if fence is None:
+            return  # another process holds the lock
+        fence = _text(fence)
         self.counters.record(family, "early_refresh")
         self._compute_and_store(family, key, compute, fence, token, ttl)
 
