@@ -1,6 +1,7 @@
 """Thin click commands over the services."""
 
 import json
+import sys
 import time
 
 import click
@@ -74,10 +75,23 @@ def warm_cache_command(limit):
     from crew7.services.warming import describe, warm_all_caches
 
     started = time.perf_counter()
+    bar = None
+
+    def progress(done, total):
+        # A progress bar for a person at a terminal; logs and pipes get the summary only.
+        nonlocal bar
+        if bar is None:
+            bar = click.progressbar(length=total, label="warming", file=sys.stderr)
+            bar.__enter__()
+        bar.update(done - bar.pos)
+
     try:
-        summary = warm_all_caches(limit)
+        summary = warm_all_caches(limit, progress if sys.stderr.isatty() else None)
     except CacheUnavailable as exc:
         raise click.ClickException(f"cache not warmed: Redis is unavailable ({exc})") from None
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
     click.echo(f"Cache warming complete: {describe(summary)}")
     click.echo(f"took {time.perf_counter() - started:.2f} s", err=True)
 

@@ -241,6 +241,55 @@ return docs
 """
 )
 
+# Many misses at once (a batch, warming): _ACQUIRE and _FILL over (doc, lock, fence)
+# triples, one round trip each for the whole set. Not on a Cluster: the triples of
+# different documents live in different slots.
+# KEYS: doc1, lock1, fence1, doc2, ...  ARGV: lock_token, lease_ms, fence_ttl, new fences...
+# -> per document, as _ACQUIRE: {1, value}, {2, fence} or {0}
+_ACQUIRE_MANY = (
+    _FENCE
+    + """
+local out = {}
+for i = 1, #KEYS, 3 do
+  local v = redis.call('GET', KEYS[i])
+  if v then
+    out[#out + 1] = {1, v}
+  elseif redis.call('SET', KEYS[i + 1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    out[#out + 1] = {2, fence_of(KEYS[i + 2], ARGV[3 + (i + 2) / 3], ARGV[3])}
+  else
+    out[#out + 1] = {0}
+  end
+end
+return out
+"""
+)
+
+# KEYS: doc1, lock1, fence1, ...  ARGV: lock_token, then value, ttl_ms, fence_seen per doc
+# -> per document 1 if stored (its fence unchanged), else 0; our locks are released.
+_FILL_MANY = """
+local out = {}
+for i = 1, #KEYS, 3 do
+  local a = 2 + (i - 1) / 3 * 3
+  if redis.call('GET', KEYS[i + 2]) == ARGV[a + 2] then
+    redis.call('SET', KEYS[i], ARGV[a], 'PX', ARGV[a + 1])
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+  if redis.call('GET', KEYS[i + 1]) == ARGV[1] then redis.call('DEL', KEYS[i + 1]) end
+end
+return out
+"""
+
+# KEYS: views  ARGV: keep, members...: a view of each (the misses of a batch).
+_VIEWS = (
+    _COUNT_VIEW
+    + """
+for i = 2, #ARGV do count_view(KEYS[1], ARGV[i], 1, tonumber(ARGV[1])) end
+return #ARGV - 1
+"""
+)
+
 # KEYS: lock, doc -> {lock exists, value}: one atomic look at a key being computed.
 _PEEK = """
 return {redis.call('EXISTS', KEYS[1]), redis.call('GET', KEYS[2])}
@@ -528,6 +577,9 @@ class CacheService:
                 "release": client.register_script(_RELEASE),
                 "peek": client.register_script(_PEEK),
                 "batch_read": client.register_script(_BATCH_READ),
+                "acquire_many": client.register_script(_ACQUIRE_MANY),
+                "fill_many": client.register_script(_FILL_MANY),
+                "views": client.register_script(_VIEWS),
             }
 
     @classmethod
@@ -763,6 +815,113 @@ class CacheService:
             self.counters.record(family, "fill_rejected")
             return value, "refused"
         return value, "stored"
+
+    def fill_many(self, family, keys, compute_many, ttl=None):
+        """Documents for many keys that missed, computed together: ``(values, outcomes)``,
+        dicts by key. Outcomes are those of ``warm``.
+
+        The keys this process locks are computed by one call of ``compute_many(keys)``
+        (a dict by key of bytes, or None for unknown or private) and filled in one round
+        trip, each fenced as a single fill is. Keys that appeared meanwhile are taken as
+        they are; keys another process is computing are waited for one by one, as a
+        single miss waits. Raises CacheUnavailable when Redis fails.
+        """
+        token = _lock_token()
+        replies = self._acquire_many(keys, token)
+        values, outcomes, mine, held = {}, {}, {}, []
+        for key, reply in zip(keys, replies, strict=True):
+            if reply[0] == 1:
+                values[key], outcomes[key] = reply[1], "present"
+            elif reply[0] == 2:
+                mine[key] = _text(reply[1])
+            else:
+                held.append(key)
+        if mine:
+            computed = self._compute_many(family, list(mine), compute_many, token)
+            if ttl is None:
+                ttl = self.ttl[family]
+            stored = self._fill_many(computed, mine, token, ttl)
+            for key, value in computed.items():
+                values[key] = value
+                if value == NULL:
+                    outcomes[key] = "unknown"
+                elif stored[key]:
+                    outcomes[key] = "stored"
+                else:
+                    self.counters.record(family, "fill_rejected")
+                    outcomes[key] = "refused"
+        for key in held:
+            self.counters.record(family, "wait")
+            value = self._wait_for(key, self.lock_key(key), time.monotonic() + self.wait_max)
+            if value is None:  # the holder stored nothing in time: compute it here
+                value = compute_many([key]).get(key) or NULL
+            values[key], outcomes[key] = value, "present"
+        return values, outcomes
+
+    def _acquire_many(self, keys, token):
+        if self.cluster:
+            return [self._acquire(key, token) for key in keys]
+        triples = [k for key in keys for k in (key, self.lock_key(key), self.fence_key(key))]
+        fences = [_fence_token() for _ in keys]
+        return self._call(
+            self._scripts["acquire_many"],
+            keys=triples,
+            args=[token, self.lease_ms, self.FENCE_TTL, *fences],
+        )
+
+    def _compute_many(self, family, keys, compute_many, token):
+        started = time.perf_counter()
+        try:
+            documents = compute_many(keys)
+        except BaseException:
+            for key in keys:
+                self._release(self.lock_key(key), token)
+            self.counters.record(family, "computation_error")
+            raise
+        elapsed = time.perf_counter() - started
+        self.counters.record(family, "computation", len(keys))
+        self._delta[family] = 0.8 * self._delta[family] + 0.2 * elapsed / len(keys)
+        if self.trace:
+            for key in keys:
+                log.info("cache compute key=%s pid=%d ms=%.1f", key, os.getpid(), elapsed * 1000)
+        if self.fill_delay:
+            time.sleep(self.fill_delay)  # fault injection: widen the race window
+        return {key: documents.get(key) or NULL for key in keys}
+
+    def _fill_many(self, computed, fences, token, ttl):
+        def ttl_ms(value):
+            return int((self.negative_ttl if value == NULL else ttl) * 1000)
+
+        if self.cluster:
+            return {
+                key: bool(
+                    self._call(
+                        self._scripts["fill"],
+                        keys=[key, self.fence_key(key), self.lock_key(key)],
+                        args=[value, ttl_ms(value), fences[key], token],
+                    )
+                )
+                for key, value in computed.items()
+            }
+        triples, args = [], [token]
+        for key, value in computed.items():
+            triples += [key, self.lock_key(key), self.fence_key(key)]
+            args += [value, ttl_ms(value), fences[key]]
+        stored = self._call(self._scripts["fill_many"], keys=triples, args=args)
+        return dict(zip(computed, (bool(s) for s in stored), strict=True))
+
+    def count_views(self, members):
+        """A view of each of ``members`` (public documents computed by a batch's misses)."""
+        if not members:
+            return
+        if self.views is not None:
+            for member in members:
+                self.views.add(member)
+            return
+        try:
+            self._call(self._evalsha, "views", [self.views_key()], [self.popularity_size, *members])
+        except CacheUnavailable:
+            pass  # popularity is best effort
 
     def claim(self, key, value, ttl):
         """SET NX with a TTL in seconds: True for the one caller that set it."""

@@ -14,7 +14,14 @@ from sqlalchemy import func, select
 from crew7.extensions import MAX_ID, db
 from crew7.models import Agent, Crew, CrewStats
 from crew7.schemas.metadata import AgentMetadataSchema, CrewMetadataSchema
-from crew7.services.cache import AGENT, CREW, CREW_AGENTS, NULL, get_cache_service
+from crew7.services.cache import (
+    AGENT,
+    CREW,
+    CREW_AGENTS,
+    NULL,
+    CacheUnavailable,
+    get_cache_service,
+)
 
 _crew_schema = CrewMetadataSchema()
 _agent_schema = AgentMetadataSchema()
@@ -150,6 +157,69 @@ def compute_crew_json(crew_id):
     return _encode(build_crew_document(crew, stats, _agent_count(crew_id)))
 
 
+def compute_crews_json(crew_ids):
+    """Many crews' documents in one query: ``{crew_id: bytes}``, None for unknown or
+    private ones; the same bytes ``compute_crew_json`` gives for each."""
+    ids = list(crew_ids)
+    counts = (
+        select(Agent.crew_id, func.count().label("agents"))
+        .where(Agent.crew_id.in_(ids))
+        .group_by(Agent.crew_id)
+        .subquery()
+    )
+    rows = db.session.execute(
+        select(Crew, CrewStats, counts.c.agents)
+        .outerjoin(CrewStats)
+        .outerjoin(counts, counts.c.crew_id == Crew.id)
+        .where(Crew.id.in_(ids), Crew.is_public.is_(True))
+    )
+    out = dict.fromkeys(ids)
+    for crew, stats, agents in rows:
+        out[crew.id] = _encode(build_crew_document(crew, stats, agents or 0))
+    return out
+
+
+def compute_agents_json(agent_ids):
+    """Many agents' documents in one query: ``{agent_id: bytes or None}``."""
+    ids = list(agent_ids)
+    rows = db.session.execute(
+        select(Agent, Crew)
+        .join(Crew, Agent.crew_id == Crew.id)
+        .where(Agent.id.in_(ids), Crew.is_public.is_(True))
+    )
+    out = dict.fromkeys(ids)
+    for agent, crew in rows:
+        out[agent.id] = _encode(build_agent_document(agent, crew))
+    return out
+
+
+def compute_crews_agents_json(crew_ids):
+    """Many crews' agents lists in one query: ``{crew_id: bytes or None}``."""
+    ids = list(crew_ids)
+    crews = {
+        c.id: c for c in db.session.scalars(select(Crew).where(Crew.id.in_(ids), Crew.is_public))
+    }
+    lists = {crew_id: [] for crew_id in crews}
+    if crews:
+        agents = db.session.scalars(
+            select(Agent).where(Agent.crew_id.in_(list(crews))).order_by(Agent.id)
+        )
+        for agent in agents:
+            lists[agent.crew_id].append(build_agent_document(agent, crews[agent.crew_id]))
+    return {i: _encode(lists[i]) if i in crews else None for i in ids}
+
+
+def agent_ids_of_crews(crew_ids):
+    """``{crew_id: [agent ids]}`` for many crews, in one query."""
+    out = {i: [] for i in crew_ids}
+    rows = db.session.execute(
+        select(Agent.crew_id, Agent.id).where(Agent.crew_id.in_(list(out))).order_by(Agent.id)
+    )
+    for crew_id, agent_id in rows:
+        out[crew_id].append(agent_id)
+    return out
+
+
 def compute_agent_json(agent_id):
     row = db.session.execute(
         select(Agent, Crew).join(Crew, Agent.crew_id == Crew.id).where(Agent.id == agent_id)
@@ -198,9 +268,10 @@ def crew_agents_metadata_json(crew_id):
 def many_crews_metadata_json(crew_ids):
     """A JSON array of the crews' documents in request order (null for unknown or private).
 
-    Hits cost one MGET for the whole batch; each missing document goes through the
-    read-through path, so it is fenced and computed once. A crew named several times is
-    looked up, and its view counted, once.
+    Hits cost one MGET for the whole batch. The documents it misses are built with one
+    query for all of them and filled together, each fenced and computed once across all
+    processes as a single miss is. A crew named several times is looked up, and its view
+    counted, once.
     """
     cache = get_cache_service()
     distinct = list(dict.fromkeys(c for c in crew_ids if c is not None))
@@ -213,11 +284,36 @@ def many_crews_metadata_json(crew_ids):
             found = {c: v for c, v in zip(distinct, values, strict=True) if v is not None}
     if found:
         cache.counters.record(CREW, "hit", len(found))
-    for crew_id in distinct:
-        if crew_id not in found:
-            found[crew_id], _ = crew_metadata_json(crew_id)
+    missing = [c for c in distinct if c not in found]
+    if missing:
+        found.update(_crews_through_cache(cache, missing))
     # Well-formed ids that no crew can have are null.
     return b"[" + b",".join(NULL if c is None else found[c] for c in crew_ids) + b"]"
+
+
+def _crews_through_cache(cache, crew_ids):
+    """The documents of crews a batch missed: ``{crew_id: bytes}``, ``NULL`` for none."""
+    if not cache.enabled:
+        cache.counters.record(CREW, "bypass", len(crew_ids))
+        return _null_for_missing(compute_crews_json(crew_ids))
+    keys = {cache.crew_key(c): c for c in crew_ids}
+
+    def compute(wanted):
+        documents = compute_crews_json([keys[k] for k in wanted])
+        return {k: documents[keys[k]] for k in wanted}
+
+    try:
+        values, _ = cache.fill_many(CREW, list(keys), compute)
+    except CacheUnavailable:
+        cache.counters.record(CREW, "bypass", len(keys))
+        return _null_for_missing(compute_crews_json(crew_ids))
+    cache.counters.record(CREW, "miss", len(keys))
+    cache.count_views([str(keys[k]) for k, v in values.items() if v != NULL])
+    return {keys[k]: v for k, v in values.items()}
+
+
+def _null_for_missing(documents):
+    return {c: NULL if v is None else v for c, v in documents.items()}
 
 
 def crew_to_nft_metadata(crew, base_url=None, cdn_url=None, use_cache=True):

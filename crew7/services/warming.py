@@ -21,13 +21,19 @@ from crew7.services.cache import (
 log = logging.getLogger(__name__)
 
 
-def warm_popular_crews(limit, with_agents=False, with_stats=False):
+CHUNK = 500
+
+
+def warm_popular_crews(limit, with_agents=False, with_stats=False, progress=None):
     """Put the ``limit`` most popular public crews' documents in the cache.
 
     Returns what happened, per document family: ``{"stored": {"crew": 10}, "present":
     {...}, "refused": {...}}`` (``present``: already cached; ``refused``: a write
-    invalidated it meanwhile). Raises CacheUnavailable when Redis cannot be reached or
-    the cache is off: nothing can be warmed then, and saying otherwise would mislead.
+    invalidated it meanwhile). Crews are warmed in chunks: one query builds a chunk's
+    documents of each family, and one round trip fills them, each fenced and single-flight
+    as a miss is. ``progress(done, total)`` is called as each chunk of crews is done. Raises
+    CacheUnavailable when Redis cannot be reached or the cache is off: nothing can be
+    warmed then, and saying otherwise would mislead.
     """
     cache = get_cache_service()
     if not cache.enabled:
@@ -36,43 +42,55 @@ def warm_popular_crews(limit, with_agents=False, with_stats=False):
         raise CacheUnavailable("Redis did not answer PING")
     summary = {"stored": {}, "present": {}, "refused": {}}
 
-    def warm(family, key, compute, ttl=None):
-        value, outcome = cache.warm(family, key, compute, ttl)
-        if outcome in summary:
-            summary[outcome][family] = summary[outcome].get(family, 0) + 1
-        return outcome != "unknown"
+    def warm(family, ids, key_of, compute_many, ttl=None):
+        """Warm the documents of ``ids``; returns the ids that have one (not unknown)."""
+        keys = {key_of(i): i for i in ids}
+        if not keys:
+            return []
 
-    for crew_id in stats.popular_crew_ids(limit):
-        if not warm(CREW, cache.crew_key(crew_id), lambda c=crew_id: metadata.compute_crew_json(c)):
-            continue  # made private or deleted since it was ranked
-        if with_agents:
-            warm(
-                CREW_AGENTS,
-                cache.crew_agents_key(crew_id),
-                lambda c=crew_id: metadata.compute_crew_agents_json(c),
-            )
-            for agent_id in metadata.agent_ids_of_crew(crew_id):
-                warm(
-                    AGENT,
-                    cache.agent_key(agent_id),
-                    lambda a=agent_id: metadata.compute_agent_json(a),
-                )
+        def compute(wanted):
+            documents = compute_many([keys[k] for k in wanted])
+            return {k: documents[keys[k]] for k in wanted}
+
+        _, outcomes = cache.fill_many(family, list(keys), compute, ttl)
+        for outcome in outcomes.values():
+            if outcome in summary:
+                summary[outcome][family] = summary[outcome].get(family, 0) + 1
+        return [keys[k] for k, outcome in outcomes.items() if outcome != "unknown"]
+
+    ranked = stats.popular_crew_ids(limit)
+    for start in range(0, len(ranked), CHUNK):
+        chunk = ranked[start : start + CHUNK]
+        # A crew made private or deleted since it was ranked has no document: skip it.
+        public = warm(CREW, chunk, cache.crew_key, metadata.compute_crews_json)
+        if with_agents and public:
+            warm(CREW_AGENTS, public, cache.crew_agents_key, metadata.compute_crews_agents_json)
+            agent_ids = [a for ids in metadata.agent_ids_of_crews(public).values() for a in ids]
+            warm(AGENT, agent_ids, cache.agent_key, metadata.compute_agents_json)
+        if progress is not None:
+            progress(start + len(chunk), len(ranked))
     if with_stats:
-        warm(STATS, cache.popular_key(), stats.compute_popular_crews, cache.popular_ttl)
-        for kind in LEADERBOARD_TYPES:
-            warm(
-                STATS,
-                cache.leaderboard_key(kind),
-                lambda k=kind: stats.compute_leaderboard(k),
-                cache.stats_ttl,
-            )
+        warm(
+            STATS,
+            ["popular"],
+            lambda _: cache.popular_key(),
+            lambda ids: dict.fromkeys(ids, stats.compute_popular_crews()),
+            cache.popular_ttl,
+        )
+        warm(
+            STATS,
+            list(LEADERBOARD_TYPES),
+            cache.leaderboard_key,
+            lambda kinds: {k: stats.compute_leaderboard(k) for k in kinds},
+            cache.stats_ttl,
+        )
     return summary
 
 
-def warm_all_caches(limit=None):
+def warm_all_caches(limit=None, progress=None):
     """``flask warm-cache``: popular crews, their agents, popular crews list, leaderboards."""
     limit = current_app.config["CACHE_WARM_COUNT"] if limit is None else limit
-    return warm_popular_crews(limit, with_agents=True, with_stats=True)
+    return warm_popular_crews(limit, with_agents=True, with_stats=True, progress=progress)
 
 
 def describe(summary):
