@@ -101,3 +101,21 @@ def test_a_batch_fill_that_raced_a_rename_is_refused(app_factory, redis_client):
     assert redis_client.get(f"metadata:crew:{crews[1]}") is None
     assert body(client.get(url))[1]["name"] == "After"
     assert app.extensions["crew7.cache"].counters.fills_rejected >= 1
+
+
+def test_warming_builds_each_family_with_one_query_per_chunk(app_factory, redis_client):
+    app = app_factory()
+    client = app.test_client()
+    owner = _owner(app)
+    crews = [seed_crew(client, owner, agents=2)[0]["id"] for _ in range(40)]
+    redis_client.flushall()
+    with Statements(app) as seen:
+        result = app.test_cli_runner().invoke(args=["warm-cache", "--limit", "40"])
+    assert result.exit_code == 0, result.output
+    assert "stored 163 (agent 80, crew 40, crew_agents 40, stats 3)" in result.output
+    # Ranking, then per family one or two queries, then the three stats documents.
+    assert len(seen.selects) <= 12, seen.selects
+    for crew_id in crews:
+        assert (
+            redis_client.exists(f"metadata:crew:{crew_id}", f"metadata:crew:{crew_id}:agents") == 2
+        )

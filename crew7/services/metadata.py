@@ -180,16 +180,22 @@ def compute_crews_json(crew_ids):
 
 
 def compute_agents_json(agent_ids):
-    """Many agents' documents in one query: ``{agent_id: bytes or None}``."""
+    """Many agents' documents: ``{agent_id: bytes or None}``. Two indexed queries (the
+    agents by id, then their public crews): a join lets SQLite walk every public crew."""
     ids = list(agent_ids)
-    rows = db.session.execute(
-        select(Agent, Crew)
-        .join(Crew, Agent.crew_id == Crew.id)
-        .where(Agent.id.in_(ids), Crew.is_public.is_(True))
-    )
+    agents = list(db.session.scalars(select(Agent).where(Agent.id.in_(ids))))
+    crew_ids = {a.crew_id for a in agents}
+    crews = {
+        c.id: c
+        for c in db.session.scalars(
+            select(Crew).where(Crew.id.in_(crew_ids), Crew.is_public.is_(True))
+        )
+    }
     out = dict.fromkeys(ids)
-    for agent, crew in rows:
-        out[agent.id] = _encode(build_agent_document(agent, crew))
+    for agent in agents:
+        crew = crews.get(agent.crew_id)
+        if crew is not None:
+            out[agent.id] = _encode(build_agent_document(agent, crew))
     return out
 
 
