@@ -126,6 +126,15 @@ def boot_gunicorn_options():
     return list(zip(options[::2], options[1::2], strict=True))
 
 
+def test_redis_is_a_bounded_cache(compose):
+    command = compose["services"]["redis"]["command"]
+    options = dict(zip(command[1::2], command[2::2], strict=True))
+    assert command[0] == "redis-server"
+    assert (options["--save"], options["--appendonly"]) == ("", "no")
+    assert options["--maxmemory"] == "256mb"
+    assert options["--maxmemory-policy"] == "volatile-lru"
+
+
 def test_migrations_run_before_gunicorn(compose):
     command = compose["services"]["app"]["command"]
     assert "deploy/boot.sh" in " ".join(command if isinstance(command, list) else [command])
