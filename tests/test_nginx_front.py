@@ -117,10 +117,11 @@ class Front:
 
 
 @contextlib.contextmanager
-def running_nginx(upstream, limits=None, edit=None):
+def running_nginx(upstream, limits=None, edit=None, conf_text=None):
     """nginx with the rendered deploy/nginx.conf in front of upstream: yields its port.
 
     edit: a function of the rendered text, for a test that needs another timeout.
+    conf_text: another version of deploy/nginx.conf (bench/nginx_staleness.py).
     """
     nginx = _nginx_binary()
     # Not pytest's tmp_path: nginx's workers may run as another user (see test_deploy.py).
@@ -129,7 +130,7 @@ def running_nginx(upstream, limits=None, edit=None):
     proc = None
     try:
         port = _free_port()
-        conf = render_nginx_conf(workdir, port, upstream, limits=limits)
+        conf = render_nginx_conf(workdir, port, upstream, limits=limits, conf_text=conf_text)
         if edit is not None:
             conf.write_text(edit(conf.read_text()))
         with (workdir / "nginx.out").open("wb") as out:
