@@ -307,6 +307,23 @@ def test_a_crew_made_private_is_404_on_the_very_next_request_through_nginx(front
     assert json_body(headers, data)["name"] == "Flipping Crew"
 
 
+def test_clients_revalidate_through_nginx_and_the_app_answers(front):
+    crew, _ = front.new_crew("Tagged Crew")
+    url = f"/metadata/crew/{crew['id']}"
+    status, headers, data = front.get(url)
+    assert status == 200, data
+    etag = headers["etag"]
+    status, headers, data = front.get(url, headers={"If-None-Match": etag})
+    assert (status, data, headers["etag"]) == (304, b"", etag)
+    # Both reached the app: the 304 is the app's, from its current document.
+    lines = front.access_lines(f'"GET {url} ', expected=2)
+    assert [line.split('" ')[1].split()[0] for line in lines] == ["200", "304"]
+    front.patch(f"/crews/{crew['id']}", {"description": "changed"})
+    status, headers, _ = front.get(url, headers={"If-None-Match": etag})
+    assert status == 200
+    assert headers["etag"] != etag
+
+
 def test_security_headers_on_every_response(front):
     crew, _ = front.new_crew("Headed Crew")
     responses = {
