@@ -1,4 +1,4 @@
-# crew7 developer tasks.  `make test` is what CI runs (see .ci/run).
+# crew7 developer tasks.  `make test` is what CI runs (see .ci/run); `make help` lists them.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := test
@@ -9,14 +9,23 @@ STAMP  := $(VENV)/.installed
 # Reinstall whenever the package metadata or the pins change.
 DEPS   := $(wildcard setup.cfg pyproject.toml constraints.txt)
 PIP_CONSTRAINTS := $(if $(wildcard constraints.txt),-c constraints.txt)
+# System packages (deploy/system-packages.txt): the missing ones of a group are installed
+# with apt-get when we are root, otherwise named in a warning.
+SYSTEM_PACKAGES := scripts/install-system-packages.sh
 
 # Databases the DB tests run on; the suite starts its own Redis and PostgreSQL.
 CREW7_TEST_DBS ?= sqlite,postgresql
 PYTEST_ARGS ?=
 
-.PHONY: venv install test run lint clean
+.PHONY: help venv install system-packages test run lint clean
 
-venv install: $(STAMP)
+help: ## list the targets
+	@echo "make [target]   (default: test)"
+	@grep -hE '^[a-z][a-z -]*:.*## ' $(MAKEFILE_LIST) \
+	  | sed -E 's/^([a-z -]+):.*## (.*)/\1\t\2/' \
+	  | awk -F'\t' '{printf "  %-22s %s\n", $$1, $$2}'
+
+venv install: $(STAMP) ## create .venv with the package and its dev extras (pinned)
 
 $(BIN)/python:
 	python3 -m venv $(VENV)
@@ -25,30 +34,21 @@ $(STAMP): $(DEPS) | $(BIN)/python
 	$(BIN)/pip install $(PIP_CONSTRAINTS) -e '.[dev]'
 	touch $@
 
-# Server binaries for the test suite: installed with apt-get when missing and we are root.
-test: install
-	@missing=; \
-	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
-	$(BIN)/python -c 'import sys; sys.path.insert(0, "tests"); import servers; \
-	  sys.exit(servers.find_postgres_bin() is None)' || missing="$$missing postgresql"; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing test servers:$$missing"; \
-	    export DEBIAN_FRONTEND=noninteractive; \
-	    apt-get update -q && apt-get install -y -q redis-server postgresql || exit 1; \
-	  else \
-	    echo "warning: missing$$missing (not root or no apt-get); their tests may be skipped" >&2; \
-	  fi; \
-	fi
+system-packages: ## install every system package any target needs (apt-get, as root)
+	$(SYSTEM_PACKAGES) test run bench drill
+
+test: install ## the test suite (what CI runs); installs redis-server, PostgreSQL, nginx
+	$(SYSTEM_PACKAGES) test
 	CREW7_TEST_DBS=$(CREW7_TEST_DBS) $(BIN)/pytest $(PYTEST_ARGS)
 
-run:
+run: ## serve the app with demo data on 127.0.0.1:8000 (scripts/run.sh)
+	$(SYSTEM_PACKAGES) run
 	scripts/run.sh
 
-lint: install
+lint: install ## ruff check
 	$(BIN)/ruff check .
 
-clean:
+clean: ## remove .venv and caches (not instance/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
 
@@ -56,12 +56,14 @@ clean:
 # and gunicorn on 127.0.0.1 and write bench/results/. BENCH_SCALE=small for a quick run.
 BENCH_SCALE ?= full
 
-.PHONY: bench drill
+.PHONY: bench drill bench-deps
 
-bench: install
+bench-deps: install ## what bench and drill need: wrk and the servers, matplotlib
+	$(SYSTEM_PACKAGES) bench drill
 	$(BIN)/pip install -q $(PIP_CONSTRAINTS) -r bench/requirements.txt
+
+bench: bench-deps ## paired benchmarks with wrk (about 15 min; BENCH_SCALE=small: 5)
 	BENCH_SCALE=$(BENCH_SCALE) $(BIN)/python bench/run.py
 
-drill: install
-	$(BIN)/pip install -q $(PIP_CONSTRAINTS) -r bench/requirements.txt
+drill: bench-deps ## fault drills under load (about 3 min)
 	$(BIN)/python bench/drill.py

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import runpy
+import shlex
 import shutil
 import socket
 import subprocess
@@ -115,6 +116,25 @@ def test_app_service_settings(compose):
         ), f"named volume {volume} is unused"
 
 
+def boot_gunicorn_options():
+    """The options deploy/boot.sh gives gunicorn besides -c gunicorn.conf.py, as pairs."""
+    (line,) = [
+        line.strip() for line in BOOT.read_text().splitlines() if line.strip().startswith("exec ")
+    ]
+    words = shlex.split(line)[2:]  # after "exec gunicorn"
+    options = words[: words.index("-c")]
+    return list(zip(options[::2], options[1::2], strict=True))
+
+
+def test_redis_is_a_bounded_cache(compose):
+    command = compose["services"]["redis"]["command"]
+    options = dict(zip(command[1::2], command[2::2], strict=True))
+    assert command[0] == "redis-server"
+    assert (options["--save"], options["--appendonly"]) == ("", "no")
+    assert options["--maxmemory"] == "256mb"
+    assert options["--maxmemory-policy"] == "volatile-lru"
+
+
 def test_migrations_run_before_gunicorn(compose):
     command = compose["services"]["app"]["command"]
     assert "deploy/boot.sh" in " ".join(command if isinstance(command, list) else [command])
@@ -173,9 +193,17 @@ def nginx_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def render_nginx_conf(workdir, listen_port, upstream):
-    """deploy/nginx.conf with its host-specific values pointed at workdir and loopback."""
-    text = NGINX_CONF.read_text()
+RATE_ZONES = ("crew7_metadata", "crew7_stats", "crew7_api")
+
+
+def render_nginx_conf(workdir, listen_port, upstream, limits=None, conf_text=None):
+    """deploy/nginx.conf with its host-specific values pointed at workdir and loopback.
+
+    limits: {zone: (rate, burst)} replaces a rate limit's production values, e.g.
+    {"crew7_api": ("1r/m", 2)}: three requests in a row pass, the fourth is refused.
+    conf_text: another version of the file (an older one, to compare).
+    """
+    text = NGINX_CONF.read_text() if conf_text is None else conf_text
     for old, new in (
         ("server app:8000;", f"server {upstream};"),
         ("listen 80 default_server;", f"listen 127.0.0.1:{listen_port} default_server;"),
@@ -186,6 +214,12 @@ def render_nginx_conf(workdir, listen_port, upstream):
     ):
         assert old in text, f"{old!r} not found in deploy/nginx.conf"
         text = text.replace(old, new)
+    for zone, (rate, burst) in (limits or {}).items():
+        text, zones = re.subn(
+            rf"(limit_req_zone \S+ zone={zone}:\S+ rate=)\S+;", rf"\g<1>{rate};", text
+        )
+        text, uses = re.subn(rf"(limit_req zone={zone} burst=)\d+", rf"\g<1>{burst}", text)
+        assert (zones, uses) == (1, 1), f"rate limit {zone} not found in deploy/nginx.conf"
     (workdir / "cache").mkdir(exist_ok=True)
     path = workdir / "nginx.conf"
     path.write_text(text)
@@ -205,34 +239,77 @@ def test_nginx_config_is_valid(nginx_dir):
     assert result.returncode == 0, result.stderr
 
 
-def test_nginx_config_caches_metadata_only():
-    text = NGINX_CONF.read_text()
-    blocks = dict(
+def _nginx_locations(text):
+    return dict(
         re.findall(r"^ {8}location ([^{\n]+?) \{\n(.*?)\n {8}\}$", text, re.DOTALL | re.MULTILINE)
     )
-    metadata = blocks.pop("/metadata/")
-    for directive in (
-        "proxy_cache crew7_metadata;",
-        "proxy_cache_lock on;",
-        "proxy_cache_use_stale error timeout updating http_500 http_502 http_503 http_504;",
-        "proxy_cache_background_update on;",
-        "proxy_cache_revalidate on;",
-        "proxy_cache_bypass $http_authorization;",
-        "proxy_no_cache $http_authorization;",
-        "add_header X-Cache-Status $upstream_cache_status",
-    ):
-        assert directive in metadata, directive
-    # The app's Cache-Control decides what is stored: nothing overrides or ignores it.
-    assert "proxy_ignore_headers" not in text
-    assert "proxy_cache_valid" not in text
-    assert set(blocks) == {"= /healthz", "= /nginx-health", "/"}
+
+
+def test_nginx_config_stores_nothing_and_limits_every_public_route():
+    text = NGINX_CONF.read_text()
+    directives = [line.split("#")[0].strip() for line in text.splitlines()]
+    directives = [d for d in directives if d]
+    # No document cache: nginx must never answer with what the app no longer would.
+    assert not [d for d in directives if d.startswith(("proxy_cache", "proxy_store"))]
+    # The app's own errors reach the client as the app wrote them.
+    assert not [d for d in directives if d.startswith("proxy_intercept_errors")]
+    assert "server_tokens off;" in directives
+
+    blocks = _nginx_locations(text)
+    assert set(blocks) == {
+        "= /_crew7/error",
+        "/metadata/",
+        "/stats/",
+        "= /metrics",
+        "= /healthz",
+        "= /nginx-health",
+        "/",
+    }
+    limited = {
+        name: re.findall(r"limit_req zone=(\w+) burst=\d+ nodelay;", body)
+        for name, body in blocks.items()
+    }
+    assert limited["/metadata/"] == ["crew7_metadata"]
+    assert limited["/stats/"] == ["crew7_stats"]
+    assert limited["/"] == ["crew7_api"]
+    assert {zone for zones in limited.values() for zone in zones} == set(RATE_ZONES)
+    for zone in RATE_ZONES:
+        assert re.search(rf"limit_req_zone \$binary_remote_addr zone={zone}:\S+ rate=", text)
+    assert "limit_req_status 429;" in directives
+    assert "return 404;" in blocks["= /metrics"]
+    assert "internal;" in blocks["= /_crew7/error"]
+
+    # A proxy_set_header or add_header inside a location silently drops the server's.
     for name, body in blocks.items():
-        assert not re.search(r"proxy_cache\s+(?!off)", body), name
-    # A proxy_set_header inside a location would silently drop the server-level ones.
-    for name, body in [*blocks.items(), ("/metadata/", metadata)]:
         assert "proxy_set_header" not in body, name
+        assert "add_header" not in body, name
     assert re.search(r"^\s*client_max_body_size 64k;", text, re.MULTILINE)
+    # nginx's request line buffer (the line and its CRLF) is gunicorn's limit plus 2.
+    (size,) = re.findall(r"^\s*large_client_header_buffers \d+ (\d+)k;", text, re.MULTILINE)
+    assert int(size) * 1024 == int(dict(boot_gunicorn_options())["--limit-request-line"]) + 2
     assert re.search(r"^\s*gzip_types [^;]*application/json", text, re.MULTILINE)
+
+
+def test_nginx_error_bodies_have_the_apps_shape():
+    from crew7.errors import _CODES
+
+    text = NGINX_CONF.read_text()
+    block = re.search(r"map \$status \$crew7_error \{\n(.*?)\n    \}", text, re.DOTALL)
+    bodies = dict(re.findall(r"^\s*(\w+)\s+'(.*?)\\n';$", block.group(1), re.MULTILINE))
+    assert set(bodies) == {"400", "404", "413", "414", "429", "502", "503", "504", "default"}
+    for key, raw in bodies.items():
+        (error,) = json.loads(raw).values()
+        assert set(error) == {"status", "code", "message"}, key
+        assert error["status"] == (500 if key == "default" else int(key)), key
+        expected = (
+            _CODES.get(error["status"])
+            or {
+                414: "uri_too_long",
+                502: "bad_gateway",
+                504: "gateway_timeout",
+            }[error["status"]]
+        )
+        assert error["code"] == expected, key
 
 
 # --- gunicorn.conf.py ----------------------------------------------------------------------
@@ -487,40 +564,27 @@ def test_nginx_in_front_of_gunicorn(stack):
     assert log_lines and log_lines[0].startswith("203.0.113.7, 127.0.0.1 127.0.0.1 ")
     assert re.search(r" \d+ms$", log_lines[0])
 
-    # Metadata: a miss, then a hit served by nginx without calling the app.
+    # Metadata: nginx stores nothing, even what the app marks public; every request
+    # reaches the app, and nginx compresses for the client.
     url = "/metadata/crew/1"
     headers, first = _json(_request(port, url))
-    assert headers["x-cache-status"] == "MISS"
     assert headers["cache-control"] == "public, max-age=60"
+    assert "x-cache-status" not in headers
     assert first["hits"][url] == 1
-    assert "accept-encoding" not in first["headers"], "the cache stores identity bodies"
+    assert "accept-encoding" not in first["headers"], "the app sends identity bodies"
     headers, second = _json(_request(port, url, headers={"Accept-Encoding": "gzip"}))
-    assert headers["x-cache-status"] == "HIT"
     assert headers["content-encoding"] == "gzip"
-    assert second == first
+    assert second["hits"][url] == 2
+    headers, third = _json(_request(port, url, headers={"Authorization": "Bearer t0ken"}))
+    assert third["hits"][url] == 3
+    assert third["headers"]["authorization"] == "Bearer t0ken"
 
-    # The query string is part of the key.
-    headers, _ = _json(_request(port, "/metadata/crews?ids=1,2"))
-    assert headers["x-cache-status"] == "MISS"
-
-    # With Authorization: straight to the app, and the answer is not stored.
-    headers, private = _json(_request(port, url, headers={"Authorization": "Bearer t0ken"}))
-    assert headers["x-cache-status"] == "BYPASS"
-    assert private["hits"][url] == 2
-    headers, again = _json(_request(port, url))
-    assert headers["x-cache-status"] == "HIT"
-    assert again == first
-
-    # The API is not cached, even though the app marks the response public.
     for expected in (2, 3):
         headers, api = _json(_request(port, "/crews"))
-        assert "x-cache-status" not in headers
         assert api["hits"]["/crews"] == expected
-    assert api["hits"][url] == 2, "cache hits never reached the app"
 
     headers, health = _json(_request(port, "/healthz"))
     assert health["path"] == "/healthz"
-    assert "x-cache-status" not in headers
 
     # Body limit: 64 KiB passes, one byte more is refused by nginx before the app sees it.
     status, _, _ = _request(port, "/crews", method="POST", body=b"x" * BODY_LIMIT)

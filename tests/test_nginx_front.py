@@ -4,21 +4,25 @@ Once per database (the module's stack): gunicorn serves the app from the test da
 and Redis on a free 127.0.0.1 port, and nginx (the rendered deploy/nginx.conf, in a
 temporary folder) proxies to it on another; a user is created, then each test creates
 its crews through nginx. The tests check what only the two together show: the client
-address and scheme the app trusts, nginx's metadata cache in front of the app's (hits
-and revalidations never reach gunicorn), the API left uncached, the body limit, and the
-JSON error shape.
+address and scheme the app trusts; that nginx never serves what the app would not (a
+rename or a privacy change shows on the very next request); per-client rate limits;
+nginx's own errors in the app's JSON shape while the app's pass through; no /metrics;
+security headers; the body and request-line limits.
 
-Bounded: every request has a 5 s timeout; nginx and gunicorn are stopped by their pids.
+Bounded: every request has a 5 s timeout; a test needing other limits or another
+upstream starts its own nginx; every nginx and gunicorn is stopped by its pid.
 Without nginx the tests skip, and fail under CI=true.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import http.client
 import json
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -30,17 +34,23 @@ import redis
 
 from tests.conftest import make_app, reset_schema
 from tests.gunicorn_server import GunicornServer
-from tests.helpers import commands_between, commandstats
 from tests.test_deploy import (
     BODY_LIMIT,
     _free_port,
     _nginx_binary,
     _stop,
     _wait_for_port,
+    boot_gunicorn_options,
     render_nginx_conf,
 )
 
 SPOOFED = "203.0.113.7"
+SECURITY_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+    "content-security-policy": "default-src 'none'; frame-ancestors 'none'",
+}
 
 
 def request(port, method, path, body=None, headers=None):
@@ -74,6 +84,11 @@ class Front:
     def get(self, path, headers=None):
         return request(self.port, "GET", path, headers=headers)
 
+    def patch(self, path, body):
+        status, headers, data = request(self.port, "PATCH", path, body, self.auth)
+        assert status == 200, data
+        return json_body(headers, data)
+
     def create(self, path, body):
         status, headers, data = request(self.port, "POST", path, body, self.auth)
         assert status == 201, data
@@ -101,12 +116,44 @@ class Front:
         return len(re.findall(rf"cache compute key={re.escape(key)} ", self.gunicorn.output()))
 
 
-@pytest.fixture(scope="module")
-def front(db_kind, request, redis_server):
-    """nginx -> gunicorn (2 workers) -> the app, on the database of db_kind."""
+@contextlib.contextmanager
+def running_nginx(upstream, limits=None, edit=None, conf_text=None):
+    """nginx with the rendered deploy/nginx.conf in front of upstream: yields its port.
+
+    edit: a function of the rendered text, for a test that needs another timeout.
+    conf_text: another version of deploy/nginx.conf (bench/nginx_staleness.py).
+    """
     nginx = _nginx_binary()
     # Not pytest's tmp_path: nginx's workers may run as another user (see test_deploy.py).
     workdir = Path(tempfile.mkdtemp(prefix="crew7-front-"))
+    workdir.chmod(0o755)
+    proc = None
+    try:
+        port = _free_port()
+        conf = render_nginx_conf(workdir, port, upstream, limits=limits, conf_text=conf_text)
+        if edit is not None:
+            conf.write_text(edit(conf.read_text()))
+        with (workdir / "nginx.out").open("wb") as out:
+            proc = subprocess.Popen(
+                [nginx, "-e", "stderr", "-p", str(workdir), "-c", str(conf)]
+                + ["-g", "daemon off;"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        _wait_for_port(port, proc, [workdir / "nginx.out", workdir / "error.log"])
+        yield port
+    finally:
+        if proc is not None:
+            _stop(proc)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def front(db_kind, request, redis_server):
+    """nginx -> gunicorn (2 workers) -> the app, on the database of db_kind."""
+    _nginx_binary()
+    workdir = Path(tempfile.mkdtemp(prefix="crew7-front-db-"))
     workdir.chmod(0o755)
     if db_kind == "sqlite":
         database_url = f"sqlite:///{workdir / 'crew7.sqlite3'}"
@@ -131,25 +178,15 @@ def front(db_kind, request, redis_server):
         "CREW7_CACHE_WARM_ON_START": "false",
         "CREW7_CACHE_TRACE": "true",
     }
-    gunicorn = proc = None
+    gunicorn = None
     try:
-        # gunicorn.conf.py's access log (with the forwarded client): GunicornServer mutes it.
-        gunicorn = GunicornServer(env, workers=2, extra_args=("--access-logfile", "-"))
-        port = _free_port()
-        conf = render_nginx_conf(workdir, port, f"127.0.0.1:{gunicorn.port}")
-        with (workdir / "nginx.out").open("wb") as out:
-            proc = subprocess.Popen(
-                [nginx, "-e", "stderr", "-p", str(workdir), "-c", str(conf)]
-                + ["-g", "daemon off;"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        _wait_for_port(port, proc, [workdir / "nginx.out", workdir / "error.log"])
-        yield Front(port, gunicorn, redis_server.url, {"Authorization": f"Bearer {token}"})
+        # As the container runs it (deploy/boot.sh's options), with gunicorn.conf.py's
+        # access log (the forwarded client), which GunicornServer otherwise mutes.
+        boot_args = [word for option in boot_gunicorn_options() for word in option]
+        gunicorn = GunicornServer(env, workers=2, extra_args=(*boot_args, "--access-logfile", "-"))
+        with running_nginx(f"127.0.0.1:{gunicorn.port}") as port:
+            yield Front(port, gunicorn, redis_server.url, {"Authorization": f"Bearer {token}"})
     finally:
-        if proc is not None:
-            _stop(proc)
         if gunicorn is not None:
             gunicorn.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -219,57 +256,207 @@ def test_the_app_builds_urls_with_the_scheme_and_host_nginx_forwards(front):
     assert headers["location"] == f"https://crew7.example{canonical}"
 
 
-def test_metadata_is_cached_by_nginx_and_the_api_is_not(front):
-    crew, agent = front.new_crew("Cached Crew")
-    url, key = f"/metadata/crew/{crew['id']}", f"metadata:crew:{crew['id']}"
+def test_a_rename_shows_on_the_very_next_request_through_nginx(front):
+    crew, agent = front.new_crew("Old Name")
+    url = f"/metadata/crew/{crew['id']}"
+    for _ in range(2):
+        status, headers, data = front.get(url)
+        assert status == 200, data
+        assert headers["cache-control"].startswith("public, max-age=")
+        assert json_body(headers, data)["name"] == "Old Name"
+    _, _, agents_before = front.get(f"{url}/agents")
 
-    redis_client = redis.Redis.from_url(front.redis_url)
-    initial = commandstats(redis_client)
-    status, headers, first = front.get(url)
-    assert status == 200, first
-    assert headers["x-cache-status"] == "MISS"
-    assert headers["cache-control"].startswith("public, max-age=")
+    front.patch(f"/crews/{crew['id']}", {"name": "New Name"})
+    status, headers, data = front.get(url)
+    assert status == 200, data
+    assert json_body(headers, data)["name"] == "New Name"
+    status, headers, data = front.get(f"/metadata/crews?ids={crew['id']}")
+    assert [doc["name"] for doc in json_body(headers, data)] == ["New Name"]
+
+    # Every request reached the app: nginx answered none of them from a copy.
+    assert len(front.access_lines(f'"GET {url} ', expected=3)) == 3
+    front.patch(f"/agents/{agent['id']}", {"name": "Renamed Scout"})
+    status, headers, data = front.get(f"{url}/agents")
+    assert data != agents_before
+    assert [doc["name"] for doc in json_body(headers, data)] == ["Renamed Scout"]
+
+
+def test_a_crew_made_private_is_404_on_the_very_next_request_through_nginx(front):
+    crew, agent = front.new_crew("Flipping Crew")
+    url = f"/metadata/crew/{crew['id']}"
+    for _ in range(2):
+        status, _, data = front.get(url)
+        assert status == 200, data
+
+    front.patch(f"/crews/{crew['id']}", {"is_public": False})
+    status, headers, data = front.get(url)
+    assert status == 404, data
+    assert json_body(headers, data)["error"] == {
+        "status": 404,
+        "code": "not_found",
+        "message": "no such public token",
+    }
+    status, _, _ = front.get(f"/metadata/agent/{agent['id']}")
+    assert status == 404
+    status, headers, data = front.get(f"/metadata/crews?ids={crew['id']}")
+    assert json_body(headers, data) == [None]
+
+    front.patch(f"/crews/{crew['id']}", {"is_public": True})
+    status, headers, data = front.get(url)
+    assert status == 200, data
+    assert json_body(headers, data)["name"] == "Flipping Crew"
+
+
+def test_clients_revalidate_through_nginx_and_the_app_answers(front):
+    crew, _ = front.new_crew("Tagged Crew")
+    url = f"/metadata/crew/{crew['id']}"
+    status, headers, data = front.get(url)
+    assert status == 200, data
     etag = headers["etag"]
-    assert json_body(headers, first)["name"] == "Cached Crew"
-    assert front.computations(key) == 1
-    assert len(front.access_lines(f'"GET {url} ', expected=1)) == 1
-
-    before = commandstats(redis_client)
-    assert before.get("evalsha", 0) > initial.get("evalsha", 0), "the miss reached the app"
-    status, headers, second = front.get(url)
-    assert (status, headers["x-cache-status"], second) == (200, "HIT", first)
-    assert headers["etag"] == etag
-
-    # Revalidation by the client: nginx answers 304 from its copy.
     status, headers, data = front.get(url, headers={"If-None-Match": etag})
-    assert (status, headers["x-cache-status"], data) == (304, "HIT", b"")
-    assert headers["etag"] == etag
-    status, headers, _ = front.get(url, headers={"If-None-Match": '"another"'})
-    assert (status, headers["x-cache-status"]) == (200, "HIT")
+    assert (status, data, headers["etag"]) == (304, b"", etag)
+    # Both reached the app: the 304 is the app's, from its current document. (Two
+    # workers write the access log, so its lines may come in either order.)
+    lines = front.access_lines(f'"GET {url} ', expected=2)
+    assert sorted(line.split('" ')[1].split()[0] for line in lines) == ["200", "304"]
+    front.patch(f"/crews/{crew['id']}", {"description": "changed"})
+    status, headers, _ = front.get(url, headers={"If-None-Match": etag})
+    assert status == 200
+    assert headers["etag"] != etag
 
-    # None of that reached the app: no Redis command, no computation, no access line.
+
+def test_security_headers_on_every_response(front):
+    crew, _ = front.new_crew("Headed Crew")
+    responses = {
+        "metadata": front.get(f"/metadata/crew/{crew['id']}"),
+        "api": front.get(f"/crews/{crew['id']}"),
+        "openapi": front.get("/openapi.json"),
+        "app error": front.get("/crews/999999"),
+        "nginx error": front.get("/metrics"),
+        "write": request(front.port, "PATCH", f"/crews/{crew['id']}", {"name": "H"}, front.auth),
+    }
+    expected = {"api": 200, "metadata": 200, "openapi": 200, "write": 200}
+    expected.update({"app error": 404, "nginx error": 404})
+    for name, (status, headers, _) in responses.items():
+        assert status == expected[name], name
+        for header, value in SECURITY_HEADERS.items():
+            assert headers.get(header) == value, (name, header, headers)
+        # The product, never its version.
+        assert headers["server"] == "nginx", name
+        assert headers["content-type"].startswith("application/json"), name
+    status, headers, data = responses["openapi"]
+    assert status == 200
+    assert json_body(headers, data)["openapi"].startswith("3.")
+    # The app sets none of these: nginx is their one source, so each appears once.
+    status, headers, _ = request(front.gunicorn.port, "GET", f"/crews/{crew['id']}")
+    assert status == 200
+    assert not set(SECURITY_HEADERS) & set(headers)
+
+
+def test_metrics_are_not_served_through_nginx(front):
+    # Operators scrape the app itself.
+    status, headers, _ = request(front.gunicorn.port, "GET", "/metrics?scrape=direct")
+    assert status == 200
+    assert headers["content-type"].startswith("text/plain")
+    assert front.access_lines('"GET /metrics?scrape=direct ', expected=1)
+    seen = len(front.access_lines('"GET /metrics'))
+    for path in ("/metrics", "/metrics?format=prometheus", "/%6detrics"):
+        status, headers, data = front.get(path)
+        assert status == 404, (path, data)
+        assert json_body(headers, data)["error"] == {
+            "status": 404,
+            "code": "not_found",
+            "message": "not found",
+        }
     time.sleep(0.3)
-    after = commandstats(redis_client)
-    redis_client.close()
-    assert commands_between(redis_client, before, after) == {}
-    assert front.computations(key) == 1
-    assert len(front.access_lines(f'"GET {url} ')) == 1
+    assert len(front.access_lines('"GET /metrics')) == seen, "/metrics reached the app"
 
-    # A document nginx has not stored: a conditional request is still answered with a 304.
-    agent_url = f"/metadata/agent/{agent['id']}"
-    status, headers, _ = front.get(agent_url, headers=front.auth)
-    assert (status, headers["x-cache-status"]) == (200, "BYPASS"), "authenticated: not stored"
-    status, headers, data = front.get(agent_url, headers={"If-None-Match": headers["etag"]})
-    assert (status, headers["x-cache-status"], data) == (304, "MISS", b"")
 
-    # The API: never cached, every request reaches the app.
-    seen = len(front.access_lines('"GET /crews HTTP'))
-    for n in (1, 2, 3):
-        status, headers, data = front.get("/crews")
-        assert status == 200
-        assert "x-cache-status" not in headers
-        assert crew["id"] in [c["id"] for c in json_body(headers, data)["items"]]
-        assert len(front.access_lines('"GET /crews HTTP', expected=seen + n)) == seen + n
+def test_a_batch_of_100_hex_ids_reaches_the_app(front):
+    crew, _ = front.new_crew("Batched Crew")
+    ids = [f"{crew['id']:064x}"] + [f"{n:064x}" for n in range(10**6, 10**6 + 99)]
+    path = "/metadata/crews?ids=" + ",".join(ids)
+    assert len(f"GET {path} HTTP/1.1") > 6500
+    status, headers, data = front.get(path)
+    assert status == 200, data[:300]
+    documents = json_body(headers, data)
+    assert len(documents) == 100
+    assert documents[0]["name"] == "Batched Crew"
+    assert documents[1:] == [None] * 99
+    # Separators percent-encoded, as some clients send them: about 6.8 KB.
+    status, headers, data = front.get(path.replace(",", "%2C"))
+    assert status == 200, data[:300]
+    assert len(json_body(headers, data)) == 100
+
+    assert len(front.access_lines('"GET /metadata/crews?ids=' + ids[0], expected=2)) == 2
+
+    # nginx and gunicorn agree on the longest request line, 8190 bytes: at the limit the
+    # app answers (its JSON 400, 120 ids are too many); one byte more and nginx refuses
+    # it, as JSON, where gunicorn would answer in HTML.
+    longer = "/metadata/crews?ids=" + ",".join(ids + ids[:20]) + "&pad="
+    longer += "x" * (8190 - len(f"GET {longer} HTTP/1.1"))
+    assert len(f"GET {longer} HTTP/1.1") == 8190
+    status, headers, data = front.get(longer)
+    assert status == 400, data[:300]
+    assert json_body(headers, data)["error"]["message"] == "at most 100 ids per request"
+    status, headers, data = front.get(longer + "x")
+    assert status == 414, data[:300]
+    assert json_body(headers, data)["error"]["code"] == "uri_too_long"
+    assert len(front.access_lines('"GET /metadata/crews?ids=' + ids[0], expected=3)) == 3
+
+
+def test_rate_limits_answer_json_429_with_retry_after(front):
+    crew, _ = front.new_crew("Limited Crew")
+    # Each zone: 1 request a minute with a burst of 2, so 3 pass and the 4th is refused.
+    tiny = {zone: ("1r/m", 2) for zone in ("crew7_metadata", "crew7_stats", "crew7_api")}
+    with running_nginx(f"127.0.0.1:{front.gunicorn.port}", limits=tiny) as port:
+        for path in (f"/metadata/crew/{crew['id']}", "/stats/popular-crews", "/crews"):
+            statuses = [request(port, "GET", path)[0] for _ in range(3)]
+            assert statuses == [200, 200, 200], (path, statuses)
+            status, headers, data = request(port, "GET", path)
+            assert status == 429, (path, data)
+            assert headers["retry-after"] == "1"
+            assert json_body(headers, data)["error"] == {
+                "status": 429,
+                "code": "too_many_requests",
+                "message": "too many requests, retry shortly",
+            }
+            for header, value in SECURITY_HEADERS.items():
+                assert headers[header] == value
+        # Liveness is never limited.
+        for _ in range(5):
+            assert request(port, "GET", "/healthz")[0] == 200
+    # Production limits: a crawler's burst of metadata requests all pass.
+    statuses = {front.get(f"/metadata/crew/{crew['id']}")[0] for _ in range(60)}
+    assert statuses == {200}
+
+
+def test_nginx_errors_are_json_when_the_app_is_down_or_slow(front):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{closed.getsockname()[1]}"  # bound, never listening: refused
+        with running_nginx(dead) as port:
+            for method, path in (("GET", "/metadata/crew/1"), ("POST", "/crews"), ("GET", "/")):
+                status, headers, data = request(port, method, path, {"name": "x"})
+                assert status == 502, (path, data)
+                error = json_body(headers, data)["error"]
+                assert (error["status"], error["code"]) == (502, "bad_gateway"), path
+                assert "retry-after" not in headers
+
+    # An upstream that accepts and never answers: 504 after the (shortened) read timeout.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        upstream = f"127.0.0.1:{silent.getsockname()[1]}"
+
+        def short_timeout(text):
+            return text.replace("proxy_read_timeout 35s;", "proxy_read_timeout 1s;")
+
+        with running_nginx(upstream, edit=short_timeout) as port:
+            status, headers, data = request(port, "GET", "/crews")
+            assert status == 504, data
+            error = json_body(headers, data)["error"]
+            assert (error["status"], error["code"]) == (504, "gateway_timeout")
 
 
 def test_body_limit_and_json_errors_through_nginx(front):
@@ -277,8 +464,13 @@ def test_body_limit_and_json_errors_through_nginx(front):
 
     # Over 64 KiB: refused by nginx itself, the app never sees it.
     big = {"name": "x", "description": "y" * BODY_LIMIT}
-    status, _, _ = request(front.port, "POST", "/crews", big, front.auth)
+    status, headers, data = request(front.port, "POST", "/crews", big, front.auth)
     assert status == 413
+    assert json_body(headers, data)["error"] == {
+        "status": 413,
+        "code": "payload_too_large",
+        "message": f"request body larger than {BODY_LIMIT} bytes",
+    }
     # Exactly 64 KiB: nginx lets it through, the app answers (the description is too long).
     body = json.dumps({"name": "x", "description": ""}).encode()
     body = body[:-2] + b"y" * (BODY_LIMIT - len(body)) + b'"}'

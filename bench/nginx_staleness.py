@@ -1,0 +1,176 @@
+"""What a client sees through nginx right after a crew changes: the staleness timeline.
+
+Starts its own Redis, the app under gunicorn (as deploy/boot.sh runs it) on SQLite or
+PostgreSQL, and nginx with the rendered deploy/nginx.conf (or the version of it at a git
+revision), all on 127.0.0.1. Through nginx it creates a crew, reads its document twice,
+then:
+
+1. renames it (PATCH name, acknowledged with 200) and polls the document;
+2. makes it private (PATCH is_public false) and polls;
+3. makes it public again and polls;
+
+every 0.25 s for 10 s each, printing each poll's status and name, then a summary: how
+many polls showed what the app no longer serves, and when the last one did.
+
+    .venv/bin/python bench/nginx_staleness.py                  # deploy/nginx.conf
+    .venv/bin/python bench/nginx_staleness.py --conf-rev 5fc307c   # an older one
+    .venv/bin/python bench/nginx_staleness.py --db postgresql --interval 0.25 --duration 10
+
+Bounded (every request has a 5 s timeout); stops what it started, by pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.conftest import make_app, reset_schema  # noqa: E402
+from tests.gunicorn_server import GunicornServer  # noqa: E402
+from tests.servers import PostgresServer, RedisServer  # noqa: E402
+from tests.test_deploy import boot_gunicorn_options  # noqa: E402
+from tests.test_nginx_front import request, running_nginx  # noqa: E402
+
+
+def poll(port, path, expect, interval, duration):
+    """Poll path every interval for duration: the rows and how many were stale."""
+    rows, start = [], time.monotonic()
+    for n in range(int(round(duration / interval))):
+        delay = start + n * interval - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        t = time.monotonic() - start
+        status, headers, data = request(port, "GET", path)
+        name = None
+        if headers.get("content-type", "").startswith("application/json") and status == 200:
+            name = json.loads(data).get("name")
+        rows.append((t, status, name, headers.get("x-cache-status", "-"), expect(status, name)))
+    return rows
+
+
+def report(title, rows):
+    print(f"\n## {title}")
+    print(f"{'t (s)':>6}  status  {'name':<12} nginx-cache  as the app serves it")
+    for t, status, name, cache, fresh in rows:
+        print(f"{t:6.2f}  {status:>6}  {str(name):<12} {cache:<11}  {'yes' if fresh else 'STALE'}")
+    stale = [t for t, *_, fresh in rows if not fresh]
+    summary = f"{title}: {len(stale)}/{len(rows)} polls stale"
+    if stale:
+        summary += f", first at {stale[0]:.2f} s, last at {stale[-1]:.2f} s"
+        if not rows[-1][-1]:
+            summary += " (still stale when polling ended)"
+    print(summary)
+    return summary
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--conf-rev", help="git revision of deploy/nginx.conf (default: the file)")
+    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--interval", type=float, default=0.25)
+    parser.add_argument("--duration", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    if not shutil.which("nginx") and not Path("/usr/sbin/nginx").exists():
+        sys.exit("nginx is not installed (make test installs it)")
+
+    conf_text = None
+    if args.conf_rev:
+        conf_text = subprocess.run(
+            ["git", "show", f"{args.conf_rev}:deploy/nginx.conf"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    workdir = Path(tempfile.mkdtemp(prefix="crew7-staleness-"))
+    redis_server = postgres = gunicorn = None
+    try:
+        redis_server = RedisServer.start()
+        if args.db == "postgresql":
+            postgres = PostgresServer.start()
+            database_url = postgres.url
+        else:
+            database_url = f"sqlite:///{workdir / 'crew7.sqlite3'}"
+        app = make_app(database_url, redis_server.url)
+        reset_schema(app)
+        from crew7.extensions import db
+        from crew7.services.users import create_user
+
+        with app.app_context():
+            _, token = create_user("alice")
+            db.session.remove()
+            db.engine.dispose()
+        auth = {"Authorization": f"Bearer {token}"}
+        env = {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_server.url,
+            "CREW7_BEHIND_PROXY": "true",
+            "CREW7_CACHE_WARM_ON_START": "false",
+        }
+        boot_args = [word for option in boot_gunicorn_options() for word in option]
+        gunicorn = GunicornServer(env, workers=2, extra_args=tuple(boot_args))
+        upstream = f"127.0.0.1:{gunicorn.port}"
+        with running_nginx(upstream, conf_text=conf_text) as port:
+
+            def call(method, path, body):
+                status, _, data = request(port, method, path, body, auth)
+                assert status in (200, 201), (method, path, status, data)
+                return json.loads(data)
+
+            crew = call("POST", "/crews", {"name": "Old Name"})
+            path = f"/metadata/crew/{crew['id']}"
+            for _ in range(2):
+                request(port, "GET", path)
+            conf = f"deploy/nginx.conf at {args.conf_rev}" if args.conf_rev else "deploy/nginx.conf"
+            print(f"# {conf}, {args.db}, GET {path} every {args.interval} s for {args.duration} s")
+
+            summaries = []
+            call("PATCH", f"/crews/{crew['id']}", {"name": "New Name"})
+            rows = poll(
+                port,
+                path,
+                lambda status, name: (status, name) == (200, "New Name"),
+                args.interval,
+                args.duration,
+            )
+            summaries.append(report("after a rename (Old Name -> New Name)", rows))
+
+            call("PATCH", f"/crews/{crew['id']}", {"is_public": False})
+            rows = poll(
+                port, path, lambda status, name: status == 404, args.interval, args.duration
+            )
+            summaries.append(report("after making it private (expect 404)", rows))
+
+            call("PATCH", f"/crews/{crew['id']}", {"is_public": True})
+            rows = poll(
+                port,
+                path,
+                lambda status, name: (status, name) == (200, "New Name"),
+                args.interval,
+                args.duration,
+            )
+            summaries.append(report("after making it public again (expect 200)", rows))
+            print("\n# summary (" + conf + ")")
+            for line in summaries:
+                print(line)
+    finally:
+        if gunicorn is not None:
+            gunicorn.stop()
+        if postgres is not None:
+            postgres.stop()
+        if redis_server is not None:
+            redis_server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
