@@ -85,7 +85,9 @@ start_redis() {
     dir=$instance/redis
     mkdir -p "$dir"
     # A cache: nothing is persisted, so a restart never serves entries from a previous run.
-    "$bin" --port "$redis_port" --bind 127.0.0.1 --dir "$dir" --daemonize no \
+    # In a session of its own, so a Ctrl-C at the terminal reaches gunicorn but not Redis:
+    # Redis is stopped after gunicorn has finished its requests (stop_started).
+    setsid "$bin" --port "$redis_port" --bind 127.0.0.1 --dir "$dir" --daemonize no \
         --save '' --appendonly no --logfile "$dir/redis.log" </dev/null &
     pid=$!
     started+=("$pid")
