@@ -89,9 +89,19 @@ def register_sessions(app):
 
 
 def register_extensions(app):
-    from crew7.extensions import MAX_ID, IdConverter, api, cache, db, migrate
+    from crew7.extensions import (
+        MAX_ID,
+        TOKEN_ID_PATTERN,
+        IdConverter,
+        TokenIdConverter,
+        api,
+        cache,
+        db,
+        migrate,
+    )
 
     app.url_map.converters["id"] = IdConverter
+    app.url_map.converters["token_id"] = TokenIdConverter
     db.init_app(app)
     replace_session_teardown(app, db)
     migrate.init_app(app, db, directory=_MIGRATIONS)
@@ -99,6 +109,9 @@ def register_extensions(app):
     api.init_app(app)
     api.register_converter(
         IdConverter, lambda _: {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+    )
+    api.register_converter(
+        TokenIdConverter, lambda _: {"type": "string", "pattern": f"^({TOKEN_ID_PATTERN})$"}
     )
     api.spec.components.security_scheme(
         "bearerAuth", {"type": "http", "scheme": "bearer", "description": "API token"}

@@ -1,0 +1,160 @@
+"""Hostile input: every case is a JSON 4xx that changes nothing, alike on both databases."""
+
+import urllib.parse
+
+import pytest
+from sqlalchemy import text
+
+from tests.helpers import seed_crew
+
+
+def error_of(response, status):
+    assert response.status_code == status, (response.status_code, response.get_data()[:300])
+    body = response.get_json()
+    assert set(body) == {"error"}, body
+    assert body["error"]["status"] == status and body["error"]["message"], body
+    return body["error"]
+
+
+def snapshot(app):
+    """Every row of the tables the API writes, to show that a refused request changed nothing."""
+    from crew7.extensions import db
+
+    with app.app_context():
+        return {
+            table: db.session.execute(text(f"SELECT * FROM {table} ORDER BY id")).all()
+            for table in ("users", "crews", "agents", "runs")
+        }
+
+
+def quote(raw):
+    return urllib.parse.quote(raw, safe="")
+
+
+# --- ids: ASCII, one canonical spelling ---------------------------------------------------
+
+
+def fullwidth(number):
+    return "".join(chr(0xFF10 + int(d)) for d in str(number))
+
+
+def arabic_indic(number):
+    return "".join(chr(0x0660 + int(d)) for d in str(number))
+
+
+def id_aliases(number):
+    """Spellings that Python's int() reads as number but that are not its canonical form."""
+    return [
+        fullwidth(number),
+        arabic_indic(number),
+        "0" + str(number),
+        "00" + str(number),
+        "+" + str(number),
+        " " + str(number),
+        str(number) + "\n",
+        str(number) + " ",
+        "".join(chr(0x1D7CE + int(d)) for d in str(number)),
+    ]
+
+
+NON_DECIMAL_DIGITS = [
+    "\N{SUPERSCRIPT TWO}",
+    "\N{CIRCLED DIGIT ONE}",
+    "\N{VULGAR FRACTION ONE HALF}",
+]
+
+
+@pytest.fixture
+def world(client, alice):
+    crew, agents = seed_crew(client, alice, agents=1)
+    run = client.post(
+        f"/crews/{crew['id']}/runs", json={"status": "running"}, headers=alice["headers"]
+    ).get_json()
+    return {"crew": crew["id"], "agent": agents[0]["id"], "run": run["id"]}
+
+
+def test_metadata_ids_have_one_spelling(client, app, alice, world):
+    cid, aid = world["crew"], world["agent"]
+    lettered = cid
+    while not any(c in "abcdef" for c in format(lettered, "x")):
+        lettered = seed_crew(client, alice, agents=0)[0]["id"]
+    assert client.get(f"/metadata/crew/{lettered:064x}").status_code == 200
+    before = snapshot(app)
+    spellings = {
+        f"/metadata/crew/{quote(alias)}": 404
+        for alias in id_aliases(cid) + NON_DECIMAL_DIGITS + [format(lettered, "064X")]
+    }
+    spellings.update(
+        {f"/metadata/agent/{quote(alias)}": 404 for alias in id_aliases(aid) + NON_DECIMAL_DIGITS}
+    )
+    spellings.update(
+        {f"/metadata/crew/{quote(alias)}/agents": 404 for alias in id_aliases(cid)[:3]}
+    )
+    got = {path: client.get(path).status_code for path in spellings}
+    assert got == spellings
+    for path in spellings:
+        error_of(client.get(path), 404)
+    # The canonical spellings are served.
+    assert client.get(f"/metadata/crew/{cid}").status_code == 200
+    assert client.get(f"/metadata/crew/{cid:064x}").status_code == 200
+    assert snapshot(app) == before
+
+
+def test_metadata_batch_refuses_non_canonical_ids(client, world):
+    cid = world["crew"]
+    for alias in id_aliases(cid) + NON_DECIMAL_DIGITS + [format(0xAB, "064X"), "0"]:
+        r = client.get(f"/metadata/crews?ids={cid},{quote(alias)}")
+        assert error_of(r, 400)["code"] == "bad_request", alias
+    r = client.get(f"/metadata/crews?ids={cid},{cid:064x},{0xAB:064x}")
+    assert r.status_code == 200
+    assert [d and d["name"] for d in r.get_json()] == ["Research Crew"] * 2 + [None]
+
+
+def api_paths(world, spell):
+    crew, agent, run = spell(world["crew"]), spell(world["agent"]), spell(world["run"])
+    return [
+        ("GET", f"/crews/{crew}", None),
+        ("GET", f"/crews/{crew}/runs", None),
+        ("PATCH", f"/crews/{crew}", {"name": "renamed"}),
+        ("DELETE", f"/crews/{crew}", None),
+        ("POST", f"/crews/{crew}/agents", {"name": "a", "role": "r"}),
+        ("POST", f"/crews/{crew}/runs", {}),
+        ("GET", f"/agents/{agent}", None),
+        ("PATCH", f"/agents/{agent}", {"name": "renamed"}),
+        ("DELETE", f"/agents/{agent}", None),
+        ("PATCH", f"/runs/{run}", {"status": "failed"}),
+    ]
+
+
+@pytest.mark.parametrize("alias", range(len(id_aliases(1)) + len(NON_DECIMAL_DIGITS)))
+def test_api_ids_have_one_spelling(client, app, alice, world, alias):
+    def spell(number):
+        return quote((id_aliases(number) + NON_DECIMAL_DIGITS)[alias])
+
+    before = snapshot(app)
+    for method, path, body in api_paths(world, spell):
+        r = client.open(path, method=method, json=body, headers=alice["headers"])
+        assert error_of(r, 404)["code"] == "not_found", (method, path)
+    assert snapshot(app) == before
+
+
+def test_id_patterns_in_the_openapi_document(client):
+    import re
+
+    from crew7.services.metadata import is_token_id
+
+    spec = client.get("/openapi.json").get_json()
+    (ids,) = spec["paths"]["/metadata/crews"]["get"]["parameters"]
+    assert "100" in ids["description"]
+    # ECMA-262's $ is the end of input; Python's also matches before a final newline.
+    batch = re.compile(ids["schema"]["pattern"].removesuffix("$") + r"\Z")
+    one = spec["paths"]["/metadata/crew/{token_id}"]["parameters"][0]["schema"]
+    single = re.compile(one["pattern"].removesuffix("$") + r"\Z")
+    samples = [*id_aliases(12), *NON_DECIMAL_DIGITS, "0", "1", "12", "9" * 19, "9" * 20]
+    samples += ["a" * 64, "A" * 64, "a" * 63, "0" * 64, "g" * 64, "1.5", "-1", ""]
+    for sample in samples:
+        documented = batch.search(sample) is not None
+        assert documented == (single.search(sample) is not None), sample
+        assert documented == is_token_id(sample), sample
+    crew_id = spec["paths"]["/crews/{crew_id}"]["parameters"][0]["schema"]
+    assert crew_id == {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
