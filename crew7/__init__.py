@@ -20,6 +20,7 @@ def create_app(test_config=None):
     )
     load_config(app, test_config)
     configure_logging(app)
+    configure_routing(app)
     register_sessions(app)
     register_extensions(app)
     register_errorhandlers(app)
@@ -61,6 +62,14 @@ def configure_logging(app):
 
     if app.logger.level == logging.NOTSET:
         app.logger.setLevel(logging.INFO)
+
+
+def configure_routing(app):
+    """No routing redirects: werkzeug builds them from the request's Host header, so
+    ``//crews`` or ``/crews/`` would redirect to any host a client names. Set before the
+    first rule is added; every rule reads them when it is bound."""
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
 
 
 def normalise_database_url(url):

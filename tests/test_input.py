@@ -158,3 +158,37 @@ def test_id_patterns_in_the_openapi_document(client):
         assert documented == is_token_id(sample), sample
     crew_id = spec["paths"]["/crews/{crew_id}"]["parameters"][0]["schema"]
     assert crew_id == {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
+
+
+# --- redirects never name a host the client sent ---------------------------------------------
+
+ODD_PATHS = [
+    "//crews",
+    "/metadata//crew/1",
+    "/metadata/crew//1",
+    "//metadata/crews?ids=1",
+    "/crews//1",
+    "/crews/1//runs",
+    "/crews/",
+    "/crews/1/",
+    "/openapi.json/",
+    "/healthz/",
+    "//evil.example/",
+    "///evil.example//crews",
+    "/stats/",
+    "/metadata/",
+    "/metrics/",
+]
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS"])
+def test_no_redirect_names_the_client_host(client, method):
+    for path in ODD_PATHS:
+        for headers in (
+            {"Host": "evil.example"},
+            {"Host": "evil.example", "X-Forwarded-Host": "evil.example"},
+        ):
+            r = client.open(path, method=method, headers=headers)
+            location = r.headers.get("Location", "")
+            assert "evil" not in location, (method, path, r.status_code, location)
+            assert not 300 <= r.status_code < 400, (method, path, r.status_code, location)
