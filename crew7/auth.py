@@ -7,6 +7,7 @@ from flask import g, request
 from flask_smorest import abort
 from sqlalchemy import select
 
+from crew7.bodies import require_json_body
 from crew7.extensions import db
 from crew7.models import User, hash_token
 
@@ -53,3 +54,30 @@ def admin_required(view):
         return view(*args, **kwargs)
 
     return wrapper
+
+
+def write_access(load=None):
+    """What a write checks before its body is validated, in this order: a valid token
+    (401); the object the path names, visible (404) and owned (403), found by
+    ``load(id, user)`` and passed on without its ``_id``; a JSON body for a POST or PATCH
+    (400, 415). Only the owner learns anything about the body's rules.
+
+    Place it above ``@blp.arguments``, which validates the body (422).
+    """
+
+    def decorator(view):
+        @wraps(view)
+        def wrapper(*args, **kwargs):
+            user = current_user()
+            if user is None:
+                abort(401, message="authentication required: send 'Authorization: Bearer <token>'")
+            if load is not None:
+                ((name, value),) = kwargs.items()
+                kwargs = {name.removesuffix("_id"): load(value, user)}
+            if request.method in ("POST", "PATCH"):
+                require_json_body()
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    return decorator
