@@ -160,6 +160,32 @@ def test_id_patterns_in_the_openapi_document(client):
     assert crew_id == {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
 
 
+# --- bodies ---------------------------------------------------------------------------------
+
+
+def test_deeply_nested_json_is_400(client, app, alice, world):
+    before = snapshot(app)
+    for payload in (
+        "[" * 1000 + "]" * 1000,
+        '{"name": ' + "[" * 1000 + "]" * 1000 + "}",
+        '{"a":' * 1000 + "1" + "}" * 1000,
+    ):
+        for method, path in (
+            ("POST", "/crews"),
+            ("PATCH", f"/crews/{world['crew']}"),
+            ("POST", f"/crews/{world['crew']}/runs"),
+        ):
+            r = client.open(
+                path,
+                method=method,
+                data=payload,
+                content_type="application/json",
+                headers=alice["headers"],
+            )
+            assert error_of(r, 400)["code"] == "bad_request", (method, path)
+    assert snapshot(app) == before
+
+
 # --- redirects never name a host the client sent ---------------------------------------------
 
 ODD_PATHS = [

@@ -1,8 +1,9 @@
 """JSON REST API for crews, agents and runs: parse, call a service, return."""
 
-from flask_smorest import Blueprint
+import flask_smorest
 
 from crew7.auth import current_user, write_access
+from crew7.bodies import JSONBodyParser
 from crew7.schemas.api import (
     AgentCreateSchema,
     AgentSchema,
@@ -18,6 +19,11 @@ from crew7.schemas.api import (
     RunUpdateSchema,
 )
 from crew7.services import crews as service
+
+
+class Blueprint(flask_smorest.Blueprint):
+    ARGUMENTS_PARSER = JSONBodyParser()
+
 
 blp = Blueprint("crews", __name__, description="Crews, their agents and their runs")
 
