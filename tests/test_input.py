@@ -1,5 +1,6 @@
 """Hostile input: every case is a JSON 4xx that changes nothing, alike on both databases."""
 
+import json
 import urllib.parse
 
 import pytest
@@ -184,6 +185,99 @@ def test_deeply_nested_json_is_400(client, app, alice, world):
             )
             assert error_of(r, 400)["code"] == "bad_request", (method, path)
     assert snapshot(app) == before
+
+
+EXTREME_DATETIMES = [
+    "0001-01-01T00:00:00+14:00",
+    "0001-01-01T00:00:00+00:01",
+    "9999-12-31T23:59:59-14:00",
+    "9999-12-31T23:59:59.999999-00:01",
+]
+
+
+@pytest.mark.parametrize("value", EXTREME_DATETIMES)
+@pytest.mark.parametrize("field", ["started_at", "finished_at"])
+def test_datetimes_beyond_the_calendar_are_422(client, app, alice, world, value, field):
+    before = snapshot(app)
+    for method, path in (
+        ("POST", f"/crews/{world['crew']}/runs"),
+        ("PATCH", f"/runs/{world['run']}"),
+    ):
+        r = client.open(path, method=method, json={field: value}, headers=alice["headers"])
+        assert field in error_of(r, 422)["fields"], (method, r.get_json())
+    assert snapshot(app) == before
+
+
+TEXT_FIELDS = [
+    ("POST", "/crews", {"name": "ok"}, "name"),
+    ("POST", "/crews", {"name": "ok"}, "description"),
+    ("PATCH", "/crews/{crew}", {}, "name"),
+    ("PATCH", "/crews/{crew}", {}, "description"),
+    ("POST", "/crews/{crew}/agents", {"name": "a", "role": "r"}, "name"),
+    ("POST", "/crews/{crew}/agents", {"name": "a", "role": "r"}, "role"),
+    ("POST", "/crews/{crew}/agents", {"name": "a", "role": "r"}, "goal"),
+    ("POST", "/crews/{crew}/agents", {"name": "a", "role": "r"}, "backstory"),
+    ("POST", "/crews/{crew}/agents", {"name": "a", "role": "r"}, "llm"),
+    ("POST", "/crews/{crew}/agents", {"name": "a", "role": "r"}, "tools"),
+    ("PATCH", "/agents/{agent}", {}, "name"),
+    ("PATCH", "/agents/{agent}", {}, "role"),
+    ("PATCH", "/agents/{agent}", {}, "goal"),
+    ("PATCH", "/agents/{agent}", {}, "backstory"),
+    ("PATCH", "/agents/{agent}", {}, "llm"),
+    ("PATCH", "/agents/{agent}", {}, "tools"),
+]
+
+# As JSON text, so the escapes reach the parser as a client would send them.
+UNSTORABLE = {
+    "nul": '"bad\\u0000name"',
+    "lone high surrogate": '"bad\\ud800name"',
+    "lone low surrogate": '"\\udfff"',
+    "reversed pair": '"\\udc00\\ud800"',
+}
+
+
+@pytest.mark.parametrize("kind", list(UNSTORABLE))
+def test_text_a_database_cannot_store_is_422(client, app, alice, world, kind):
+    before = snapshot(app)
+    for method, template, base, field in TEXT_FIELDS:
+        path = template.format(**world)
+        value = UNSTORABLE[kind]
+        if field == "tools":
+            value = f'["ok", {value}]'
+        payload = json.dumps(base)[:-1] + (", " if base else "") + f'"{field}": {value}}}'
+        r = client.open(
+            path,
+            method=method,
+            data=payload,
+            content_type="application/json",
+            headers=alice["headers"],
+        )
+        assert field in error_of(r, 422)["fields"], (method, path, field, r.get_json())
+    assert snapshot(app) == before
+
+
+def test_the_text_rule_is_documented(client):
+    schemas = client.get("/openapi.json").get_json()["components"]["schemas"]
+    strings = {
+        f"{name}.{prop}": spec.get("items", spec)
+        for name, schema in schemas.items()
+        if name.endswith(("Create", "Update"))
+        for prop, spec in schema["properties"].items()
+        if spec.get("type") == "string" or spec.get("items", {}).get("type") == "string"
+    }
+    assert len(strings) >= 15, strings
+    undocumented = {k: v for k, v in strings.items() if "format" not in v and "pattern" not in v}
+    assert not undocumented
+    for key, spec in strings.items():
+        if "pattern" in spec:
+            assert spec["pattern"] == "^[^\\u0000]*$", key
+
+
+def test_valid_unicode_text_is_stored_as_sent(client, alice):
+    name = "Crew \N{GRINNING FACE} \u00e9\u0301 \u4e2d\u6587 \ufeff\ufffd"
+    r = client.post("/crews", json={"name": name}, headers=alice["headers"])
+    assert r.status_code == 201 and r.get_json()["name"] == name
+    assert client.get(f"/crews/{r.get_json()['id']}").get_json()["name"] == name
 
 
 # --- redirects never name a host the client sent ---------------------------------------------
