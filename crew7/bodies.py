@@ -7,12 +7,20 @@ validate them after that.
 from flask import request
 from flask_smorest import abort
 from webargs.flaskparser import FlaskParser
+from werkzeug.exceptions import RequestEntityTooLarge
 
 
 def require_json_body():
-    """Writes take a JSON body: absent is a 400, another media type a 415."""
-    if not request.get_data(cache=True):
+    """Writes take a JSON body: absent is a 400, another media type a 415, one longer than
+    MAX_CONTENT_LENGTH a 413."""
+    data = request.get_data(cache=True)
+    if not data:
         abort(400, message="a JSON request body is required")
+    if request.content_length is None and len(data) == request.max_content_length:
+        # A chunked body is read up to the limit and no further (werkzeug returns it cut
+        # short), so whether more follows is only known by asking the server for it.
+        if request.environ["wsgi.input"].read(1):
+            raise RequestEntityTooLarge()
     if not request.is_json:
         abort(415, message="the request body must be application/json")
 

@@ -1,5 +1,6 @@
 """Hostile input: every case is a JSON 4xx that changes nothing, alike on both databases."""
 
+import io
 import json
 import urllib.parse
 
@@ -278,6 +279,31 @@ def test_valid_unicode_text_is_stored_as_sent(client, alice):
     r = client.post("/crews", json={"name": name}, headers=alice["headers"])
     assert r.status_code == 201 and r.get_json()["name"] == name
     assert client.get(f"/crews/{r.get_json()['id']}").get_json()["name"] == name
+
+
+def test_chunked_body_over_the_limit_is_413(client, app, alice):
+    before = snapshot(app)
+    big = json.dumps({"name": "x", "description": "y" * 70_000}).encode()
+    r = client.post(
+        "/crews",
+        input_stream=io.BytesIO(big),
+        content_type="application/json",
+        headers={**alice["headers"], "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert error_of(r, 413)["code"] == "payload_too_large"
+    assert snapshot(app) == before
+    # One that fits the limit exactly is read whole.
+    exact = json.dumps({"name": "x", "description": ""}).encode()
+    exact = exact[:-2] + b"y" * (app.config["MAX_CONTENT_LENGTH"] - len(exact)) + exact[-2:]
+    r = client.post(
+        "/crews",
+        input_stream=io.BytesIO(exact),
+        content_type="application/json",
+        headers={**alice["headers"], "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert error_of(r, 422)["fields"] == {"description": ["Longer than maximum length 2000."]}
 
 
 # --- redirects never name a host the client sent ---------------------------------------------
