@@ -338,3 +338,94 @@ def test_no_redirect_names_the_client_host(client, method):
             location = r.headers.get("Location", "")
             assert "evil" not in location, (method, path, r.status_code, location)
             assert not 300 <= r.status_code < 400, (method, path, r.status_code, location)
+
+
+# --- the same through the real gunicorn --------------------------------------------------------
+
+
+@pytest.fixture
+def served(database_url, redis_server):
+    """gunicorn (1 worker, gunicorn.conf.py) serving the app on this test's database."""
+    from crew7.extensions import db
+    from crew7.services.users import create_user
+    from tests.conftest import make_app, reset_schema
+    from tests.gunicorn_server import GunicornServer
+
+    app = make_app(database_url, redis_server.url)
+    reset_schema(app)
+    with app.app_context():
+        _, token = create_user("alice")
+        db.session.remove()
+        db.engine.dispose()
+    env = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_server.url,
+        "CREW7_CACHE_WARM_ON_START": "false",
+    }
+    with GunicornServer(env, workers=1) as server:
+        yield server, {"Authorization": f"Bearer {token}"}
+
+
+def raw_request(port, method, path, body=None, headers=None, chunked=False):
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        if chunked:
+            conn.putrequest(method, path)
+            for name, value in (headers or {}).items():
+                conn.putheader(name, value)
+            conn.putheader("Transfer-Encoding", "chunked")
+            conn.endheaders()
+            for start in range(0, len(body), 8192):
+                piece = body[start : start + 8192]
+                conn.send(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            conn.send(b"0\r\n\r\n")
+        else:
+            conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def test_through_gunicorn(served):
+    server, auth = served
+    json_auth = {**auth, "Content-Type": "application/json"}
+    status, _, data = raw_request(server.port, "POST", "/crews", b'{"name": "Served"}', json_auth)
+    assert status == 201, data
+    crew = json.loads(data)["id"]
+    # The documented batch maximum, every id in its longest form, fits gunicorn's request line.
+    ids = [f"{crew:064x}"] + [f"{n:064x}" for n in range(10**6, 10**6 + 99)]
+    status, headers, data = raw_request(server.port, "GET", "/metadata/crews?ids=" + ",".join(ids))
+    assert status == 200, data[:300]
+    documents = json.loads(data)
+    assert len(documents) == 100 and documents[0]["name"] == "Served"
+    status, headers, data = raw_request(
+        server.port, "GET", "/metadata/crews?ids=" + "%2C".join(ids)
+    )
+    assert status == 200, data[:300]
+    # One more is the app's JSON 400, not gunicorn's HTML.
+    status, headers, data = raw_request(
+        server.port, "GET", "/metadata/crews?ids=" + ",".join(ids + [ids[-1]])
+    )
+    assert status == 400 and json.loads(data)["error"]["code"] == "bad_request"
+    # Bodies: too deep, too long (chunked), unstorable text.
+    deep = b"[" * 1000 + b"]" * 1000
+    status, _, data = raw_request(server.port, "POST", "/crews", deep, json_auth)
+    assert status == 400 and json.loads(data)["error"]["code"] == "bad_request"
+    big = json.dumps({"name": "x", "description": "y" * 70_000}).encode()
+    status, _, data = raw_request(server.port, "POST", "/crews", big, json_auth, chunked=True)
+    assert status == 413 and json.loads(data)["error"]["code"] == "payload_too_large"
+    for body in (b'{"name": "a\\u0000b"}', b'{"name": "\\ud800"}'):
+        status, _, data = raw_request(server.port, "POST", "/crews", body, json_auth)
+        assert status == 422 and "name" in json.loads(data)["error"]["fields"], data
+    start = b'{"status": "running", "started_at": "0001-01-01T00:00:00+14:00"}'
+    status, _, data = raw_request(server.port, "POST", f"/crews/{crew}/runs", start, json_auth)
+    assert status == 422 and "started_at" in json.loads(data)["error"]["fields"], data
+    # No redirect names the Host the client sent.
+    for path in ODD_PATHS:
+        status, headers, _ = raw_request(server.port, "GET", path, headers={"Host": "evil.example"})
+        assert "evil" not in headers.get("Location", "") and not 300 <= status < 400, path
+    status, _, data = raw_request(server.port, "GET", f"/crews/{crew}")
+    assert status == 200 and json.loads(data)["name"] == "Served"
