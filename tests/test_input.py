@@ -429,3 +429,102 @@ def test_through_gunicorn(served):
         assert "evil" not in headers.get("Location", "") and not 300 <= status < 400, path
     status, _, data = raw_request(server.port, "GET", f"/crews/{crew}")
     assert status == 200 and json.loads(data)["name"] == "Served"
+
+
+# --- the known cases, one line each: `pytest tests/test_input.py -k known_case -v` ----------
+
+CHUNKED_OVER_LIMIT = {
+    "input_stream": lambda: io.BytesIO(json.dumps({"name": "x", "d": "y" * 70_000}).encode()),
+    "headers": {"Transfer-Encoding": "chunked"},
+    "environ_overrides": {"wsgi.input_terminated": True},
+}
+# name: (caller, method, path, raw JSON body or None, expected status)
+KNOWN_CASES = {
+    "metadata superscript two": (None, "GET", "/metadata/crew/%C2%B2", None, 404),
+    "metadata circled one": (None, "GET", "/metadata/crew/%E2%91%A0", None, 404),
+    "metadata fullwidth id": (None, "GET", "/metadata/crew/{fullwidth}", None, 404),
+    "metadata arabic-indic id": (None, "GET", "/metadata/crew/{arabic}", None, 404),
+    "metadata leading zero": (None, "GET", "/metadata/crew/0{crew}", None, 404),
+    "metadata uppercase hex": (None, "GET", "/metadata/crew/{HEX}", None, 404),
+    "metadata lowercase hex": (None, "GET", "/metadata/crew/{hex}", None, 200),
+    "metadata canonical decimal": (None, "GET", "/metadata/crew/{crew}", None, 200),
+    "batch leading zero": (None, "GET", "/metadata/crews?ids=0{crew}", None, 400),
+    "batch fullwidth id": (None, "GET", "/metadata/crews?ids={fullwidth}", None, 400),
+    "batch uppercase hex": (None, "GET", "/metadata/crews?ids={HEX}", None, 400),
+    "batch space after comma": (None, "GET", "/metadata/crews?ids={crew},%20{crew}", None, 400),
+    "api fullwidth crew id": (None, "GET", "/crews/{fullwidth}", None, 404),
+    "api arabic-indic crew id": (None, "GET", "/crews/{arabic}", None, 404),
+    "api leading zero crew id": (None, "GET", "/crews/0{crew}", None, 404),
+    "api leading zero PATCH run": ("alice", "PATCH", "/runs/0{run}", '{"status": "failed"}', 404),
+    "body nested 1000 deep": ("alice", "POST", "/crews", "[" * 1000 + "]" * 1000, 400),
+    "started_at year 1 +14:00": (
+        "alice",
+        "POST",
+        "/crews/{crew}/runs",
+        '{"started_at": "0001-01-01T00:00:00+14:00"}',
+        422,
+    ),
+    "finished_at year 9999 -14:00": (
+        "alice",
+        "PATCH",
+        "/runs/{run}",
+        '{"finished_at": "9999-12-31T23:59:59-14:00"}',
+        422,
+    ),
+    "lone surrogate in name": ("alice", "POST", "/crews", '{"name": "\\ud800"}', 422),
+    "NUL in name": ("alice", "POST", "/crews", '{"name": "a\\u0000b"}', 422),
+    "NUL in a tool": (
+        "alice",
+        "POST",
+        "/crews/{crew}/agents",
+        '{"name": "a", "role": "r", "tools": ["\\u0000"]}',
+        422,
+    ),
+    "chunked body over 64 KiB": ("alice", "POST", "/crews", CHUNKED_OVER_LIMIT, 413),
+    "merged slashes, foreign Host": (None, "GET", "/metadata//crew/{crew}", None, 404),
+    "anonymous invalid create": (None, "POST", "/crews", '{"name": ""}', 401),
+    "anonymous no body": (None, "POST", "/crews/{crew}/runs", None, 401),
+    "other user, public crew, invalid": ("bob", "PATCH", "/crews/{crew}", '{"name": ""}', 403),
+    "other user, public crew, no body": ("bob", "PATCH", "/crews/{crew}", None, 403),
+    "other user, private crew, invalid": ("bob", "PATCH", "/crews/{hidden}", '{"name": ""}', 404),
+    "owner, no body": ("alice", "PATCH", "/crews/{crew}", None, 400),
+    "owner, form body": ("alice", "PATCH", "/crews/{crew}", "name=x", 415),
+    "owner, invalid": ("alice", "PATCH", "/crews/{crew}", '{"name": ""}', 422),
+}
+
+
+@pytest.mark.parametrize("case", list(KNOWN_CASES))
+def test_known_case(client, app, alice, bob, case):
+    caller, method, template, body, expected = KNOWN_CASES[case]
+    crew = seed_crew(client, alice, agents=0)[0]["id"]
+    while not any(c in "abcdef" for c in format(crew, "x")):
+        crew = seed_crew(client, alice, agents=0)[0]["id"]
+    hidden = seed_crew(client, alice, agents=0, is_public=False)[0]["id"]
+    run = client.post(f"/crews/{crew}/runs", json={}, headers=alice["headers"]).get_json()["id"]
+    path = template.format(
+        crew=crew,
+        hidden=hidden,
+        run=run,
+        fullwidth=quote(fullwidth(crew)),
+        arabic=quote(arabic_indic(crew)),
+        hex=format(crew, "064x"),
+        HEX=format(crew, "064X"),
+    )
+    headers = {"Host": "evil.example"}
+    if caller:
+        headers.update({"alice": alice, "bob": bob}[caller]["headers"])
+    kwargs = {}
+    if isinstance(body, dict):
+        kwargs = {**body, "input_stream": body["input_stream"]()}
+        headers.update(kwargs.pop("headers"))
+        kwargs["content_type"] = "application/json"
+    elif body is not None:
+        kwargs = {"data": body.encode()}
+        kwargs["content_type"] = "application/json" if body[:1] in "[{" else "text/plain"
+    before = snapshot(app)
+    r = client.open(path, method=method, headers=headers, **kwargs)
+    assert r.status_code == expected, r.get_data()[:300]
+    assert "evil" not in r.headers.get("Location", "")
+    if expected >= 400:
+        error_of(r, expected)
+        assert snapshot(app) == before
