@@ -65,11 +65,11 @@ def configure_logging(app):
 
 
 def configure_routing(app):
-    """No routing redirects: werkzeug builds them from the request's Host header, so
-    ``//crews`` or ``/crews/`` would redirect to any host a client names. Set before the
-    first rule is added; every rule reads them when it is bound."""
+    """No routing redirects: werkzeug builds them from the request's Host header, so a
+    doubled slash (``//crews``) would redirect to any host a client names. Set before the
+    first rule is added; every rule reads it when it is bound. (Strict slashes stay: a
+    trailing slash is a 404, not an alias; no rule ends with one, so none redirects.)"""
     app.url_map.merge_slashes = False
-    app.url_map.strict_slashes = False
 
 
 def normalise_database_url(url):
