@@ -66,9 +66,10 @@ def configure_logging(app):
 
 def configure_routing(app):
     """No routing redirects: werkzeug builds them from the request's Host header, so a
-    doubled slash (``//crews``) would redirect to any host a client names. Set before the
-    first rule is added; every rule reads it when it is bound. (Strict slashes stay: a
-    trailing slash is a 404, not an alias; no rule ends with one, so none redirects.)"""
+    doubled slash (``/metadata//crew/1``) would redirect to any host a client names. Set
+    before the first rule is added; every rule reads it when it is bound. (Strict slashes
+    stay: a trailing slash is a 404, not an alias; no rule ends with one, so none
+    redirects.)"""
     app.url_map.merge_slashes = False
 
 
