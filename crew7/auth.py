@@ -56,6 +56,27 @@ def admin_required(view):
     return wrapper
 
 
+def _load_object(load, kwargs, user):
+    """The one id in the path replaced by the object ``load(id, user)`` finds: ``crew_id``
+    becomes ``crew``. ``load`` raises the 404 (or 403)."""
+    ((name, value),) = kwargs.items()
+    return {name.removesuffix("_id"): load(value, user)}
+
+
+def read_access(load):
+    """For a read that takes a query: the object the path names, visible to the caller
+    (404), before ``@blp.arguments`` validates the query (422). Place it above that."""
+
+    def decorator(view):
+        @wraps(view)
+        def wrapper(*args, **kwargs):
+            return view(*args, **_load_object(load, kwargs, current_user()))
+
+        return wrapper
+
+    return decorator
+
+
 def write_access(load=None):
     """What a write checks before its body is validated, in this order: a valid token
     (401); the object the path names, visible (404) and owned (403), found by
@@ -72,8 +93,7 @@ def write_access(load=None):
             if user is None:
                 abort(401, message="authentication required: send 'Authorization: Bearer <token>'")
             if load is not None:
-                ((name, value),) = kwargs.items()
-                kwargs = {name.removesuffix("_id"): load(value, user)}
+                kwargs = _load_object(load, kwargs, user)
             if request.method in ("POST", "PATCH"):
                 require_json_body()
             return view(*args, **kwargs)

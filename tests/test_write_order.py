@@ -124,3 +124,16 @@ def test_writes_answer_in_order(client, app, alice, bob, objects, method, templa
                 error_of(r, r.status_code)
     assert got == expected
     assert snapshot(app) == before
+
+
+def test_a_query_is_validated_only_for_a_visible_crew(client, app, alice, bob, objects):
+    private, public = objects["private"]["crew"], objects["public"]["crew"]
+    for headers, crew, status in (
+        ({}, private, 404),
+        (bob["headers"], private, 404),
+        (bob["headers"], 999_999, 404),
+        ({}, public, 422),
+        (alice["headers"], private, 422),
+    ):
+        r = client.get(f"/crews/{crew}/runs?page=abc", headers=headers)
+        assert error_of(r, status), (headers, crew)

@@ -2,7 +2,7 @@
 
 import flask_smorest
 
-from crew7.auth import current_user, write_access
+from crew7.auth import current_user, read_access, write_access
 from crew7.bodies import JSONBodyParser
 from crew7.schemas.api import (
     AgentCreateSchema,
@@ -129,9 +129,9 @@ def update_run(data, run):
 
 
 @blp.get("/crews/<id:crew_id>/runs")
+@read_access(service.get_visible_crew)
 @blp.arguments(PageQuerySchema, location="query")
 @blp.response(200, RunPageSchema)
-def list_runs(args, crew_id):
+def list_runs(args, crew):
     """A crew's runs, newest first, paginated."""
-    crew = service.get_visible_crew(crew_id, current_user())
     return service.list_runs(crew, args["page"], args["per_page"])
