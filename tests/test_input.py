@@ -545,3 +545,16 @@ def test_known_case(client, app, alice, bob, case):
     if expected >= 400:
         error_of(r, expected)
         assert snapshot(app) == before
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["\N{FULLWIDTH DIGIT ONE}", "\N{ARABIC-INDIC DIGIT ONE}", "+1", " 1", "1_0", "01", "1.0"],
+)
+def test_query_numbers_are_ascii_decimal(client, alice, value):
+    crew = seed_crew(client, alice, agents=0)[0]["id"]
+    for path in ("/crews", f"/crews/{crew}/runs"):
+        for name in ("page", "per_page"):
+            r = client.get(f"{path}?{name}={quote(value)}")
+            assert name in error_of(r, 422)["fields"], (path, name, value)
+    assert client.get("/crews?page=1&per_page=10").status_code == 200

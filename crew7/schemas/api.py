@@ -203,10 +203,20 @@ class RunSchema(Schema):
     created_at = UTCDateTime()
 
 
+class QueryInteger(fields.Integer):
+    """A number in a query string, in ASCII decimal without sign or leading zero: int()
+    alone would also read "１", "+1", " 1" and "1_0"."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str) or not re.fullmatch("0|[1-9][0-9]*", value):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class PageQuerySchema(Schema):
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=10**6))
+    page = QueryInteger(load_default=1, validate=validate.Range(min=1, max=10**6))
     # Larger values are capped at PAGE_SIZE_MAX.
-    per_page = fields.Integer(load_default=None, validate=validate.Range(min=1, max=10_000))
+    per_page = QueryInteger(load_default=None, validate=validate.Range(min=1, max=10_000))
 
 
 class _Page(Schema):
