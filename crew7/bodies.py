@@ -4,6 +4,8 @@ Looked at only once the caller may write (see ``crew7.auth.write_access``); the 
 validate them after that.
 """
 
+import json
+
 from flask import request
 from flask_smorest import abort
 from webargs.flaskparser import FlaskParser
@@ -26,11 +28,16 @@ def require_json_body():
 
 
 class JSONBodyParser(FlaskParser):
-    """webargs' parser, for which a body nested too deeply for the JSON decoder is
-    malformed like any other (400), not a RecursionError."""
+    """webargs' parser, for which a body the JSON decoder gives up on is malformed like
+    any other (400): nested too deeply (RecursionError), or an integer with more digits
+    than Python converts (ValueError)."""
 
     def _raw_load_json(self, req):
         try:
             return super()._raw_load_json(req)
+        except json.JSONDecodeError:
+            raise  # webargs' own 400
         except RecursionError:
             abort(400, message="malformed JSON body: nested too deeply")
+        except ValueError:
+            abort(400, message="malformed JSON body: a number too long to read")

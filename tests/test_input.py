@@ -474,6 +474,13 @@ KNOWN_CASES = {
     "api leading zero crew id": (None, "GET", "/crews/0{crew}", None, 404),
     "api leading zero PATCH run": ("alice", "PATCH", "/runs/0{run}", '{"status": "failed"}', 404),
     "body nested 1000 deep": ("alice", "POST", "/crews", "[" * 1000 + "]" * 1000, 400),
+    "integer of 5,000 digits": (
+        "alice",
+        "POST",
+        "/crews/{crew}/runs",
+        '{"tokens_used": 1' + "0" * 5000 + "}",
+        400,
+    ),
     "started_at year 1 +14:00": (
         "alice",
         "POST",
@@ -558,3 +565,18 @@ def test_query_numbers_are_ascii_decimal(client, alice, value):
             r = client.get(f"{path}?{name}={quote(value)}")
             assert name in error_of(r, 422)["fields"], (path, name, value)
     assert client.get("/crews?page=1&per_page=10").status_code == 200
+
+
+def test_numbers_too_long_to_parse_are_400(client, app, alice, world):
+    before = snapshot(app)
+    for number in ("1" + "0" * 5000, "-" + "9" * 4301, "1e999999", "1." + "0" * 5000):
+        body = '{"tokens_used": ' + number + "}"
+        r = client.post(
+            f"/crews/{world['crew']}/runs",
+            data=body,
+            content_type="application/json",
+            headers=alice["headers"],
+        )
+        assert r.status_code in (400, 422), (number[:10], r.status_code)
+        error_of(r, r.status_code)
+    assert snapshot(app) == before

@@ -214,7 +214,12 @@ BODY_ROUTES = [
 
 @st.composite
 def bodies(draw, fields):
-    kind = draw(st.sampled_from(["object", "object", "object", "value", "deep", "raw"]))
+    kind = draw(st.sampled_from(["object", "object", "object", "value", "deep", "long", "raw"]))
+    if kind == "long":
+        # More digits than Python's int() converts (4,300), or than a float holds.
+        digits = "9" * draw(st.integers(300, 6000))
+        number = draw(st.sampled_from([digits, "-" + digits, "1e" + digits[:7], "0." + digits]))
+        return json.dumps({draw(st.sampled_from(fields)): 0}).replace("0}", number + "}")
     if kind == "object":
         chosen = draw(st.lists(st.sampled_from(fields), unique=True, max_size=len(fields)))
         data = {name: draw(field_values(name)) for name in chosen}
