@@ -43,6 +43,11 @@ timeout = 30
 graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 25)
 # Idle keep-alive with nginx; only gthread/async workers keep connections open.
 keepalive = 5
+# The request line must hold the metadata batch at its documented maximum: 100 ids of
+# 64 hex digits with their commas (about 6,600 bytes; 6,800 with the commas percent-encoded).
+# The default, 4,094, stops at 62. 8,190 is gunicorn's largest, and nginx's default 8 KiB
+# header buffers pass it.
+limit_request_line = 8190
 
 # Heartbeat files on tmpfs: a container's overlay /tmp can stall workers into timeouts.
 if os.path.isdir("/dev/shm"):

@@ -20,6 +20,7 @@ def create_app(test_config=None):
     )
     load_config(app, test_config)
     configure_logging(app)
+    configure_routing(app)
     register_sessions(app)
     register_extensions(app)
     register_errorhandlers(app)
@@ -63,6 +64,15 @@ def configure_logging(app):
         app.logger.setLevel(logging.INFO)
 
 
+def configure_routing(app):
+    """No routing redirects: werkzeug builds them from the request's Host header, so a
+    doubled slash (``/metadata//crew/1``) would redirect to any host a client names. Set
+    before the first rule is added; every rule reads it when it is bound. (Strict slashes
+    stay: a trailing slash is a 404, not an alias; no rule ends with one, so none
+    redirects.)"""
+    app.url_map.merge_slashes = False
+
+
 def normalise_database_url(url):
     """Map the conventional ``postgres://`` / ``postgresql://`` URLs onto psycopg 3."""
     if not isinstance(url, str):
@@ -89,9 +99,19 @@ def register_sessions(app):
 
 
 def register_extensions(app):
-    from crew7.extensions import MAX_ID, IdConverter, api, cache, db, migrate
+    from crew7.extensions import (
+        MAX_ID,
+        TOKEN_ID_PATTERN,
+        IdConverter,
+        TokenIdConverter,
+        api,
+        cache,
+        db,
+        migrate,
+    )
 
     app.url_map.converters["id"] = IdConverter
+    app.url_map.converters["token_id"] = TokenIdConverter
     db.init_app(app)
     replace_session_teardown(app, db)
     migrate.init_app(app, db, directory=_MIGRATIONS)
@@ -99,6 +119,9 @@ def register_extensions(app):
     api.init_app(app)
     api.register_converter(
         IdConverter, lambda _: {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+    )
+    api.register_converter(
+        TokenIdConverter, lambda _: {"type": "string", "pattern": f"^({TOKEN_ID_PATTERN})$"}
     )
     api.spec.components.security_scheme(
         "bearerAuth", {"type": "http", "scheme": "bearer", "description": "API token"}

@@ -7,6 +7,7 @@ from flask import g, request
 from flask_smorest import abort
 from sqlalchemy import select
 
+from crew7.bodies import require_json_body
 from crew7.extensions import db
 from crew7.models import User, hash_token
 
@@ -53,3 +54,50 @@ def admin_required(view):
         return view(*args, **kwargs)
 
     return wrapper
+
+
+def _load_object(load, kwargs, user):
+    """The one id in the path replaced by the object ``load(id, user)`` finds: ``crew_id``
+    becomes ``crew``. ``load`` raises the 404 (or 403)."""
+    ((name, value),) = kwargs.items()
+    return {name.removesuffix("_id"): load(value, user)}
+
+
+def read_access(load):
+    """For a read that takes a query: the object the path names, visible to the caller
+    (404), before ``@blp.arguments`` validates the query (422). Place it above that."""
+
+    def decorator(view):
+        @wraps(view)
+        def wrapper(*args, **kwargs):
+            return view(*args, **_load_object(load, kwargs, current_user()))
+
+        return wrapper
+
+    return decorator
+
+
+def write_access(load=None):
+    """What a write checks before its body is validated, in this order: a valid token
+    (401); the object the path names, visible (404) and owned (403), found by
+    ``load(id, user)`` and passed on without its ``_id``; a JSON body for a POST or PATCH
+    (400, 415). Only the owner learns anything about the body's rules.
+
+    Place it above ``@blp.arguments``, which validates the body (422).
+    """
+
+    def decorator(view):
+        @wraps(view)
+        def wrapper(*args, **kwargs):
+            user = current_user()
+            if user is None:
+                abort(401, message="authentication required: send 'Authorization: Bearer <token>'")
+            if load is not None:
+                kwargs = _load_object(load, kwargs, user)
+            if request.method in ("POST", "PATCH"):
+                require_json_body()
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    return decorator

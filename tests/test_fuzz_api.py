@@ -1,10 +1,10 @@
 """Fuzz the HTTP API with schemathesis against the app's own /openapi.json.
 
 The real app runs under gunicorn (2 workers, the test Redis). Two users are created, and
-their crews, agents and runs seeded through the API. On SQLite, ``schemathesis run`` (its
-CLI, in a subprocess working in a temporary folder) then sends a bounded, seeded set of
-generated requests with one user's Bearer token: the examples, coverage, fuzzing and
-stateful phases, at most 25 examples per operation, every check (no 5xx, documented
+their crews, agents and runs seeded through the API. On each database, ``schemathesis run``
+(its CLI, in a subprocess working in a temporary folder) then sends, once per seed in SEEDS,
+a bounded set of generated requests with one user's Bearer token: the examples, coverage,
+fuzzing and stateful phases, at most MAX_EXAMPLES per operation, every check (no 5xx, documented
 status codes, content types and headers, response schemas, invalid input rejected, valid
 input accepted, authentication enforced, ...).
 
@@ -14,8 +14,8 @@ passes, which fails the run until the entry goes), or by NOT_DEFECTS, findings t
 are the check's limits rather than the app's. The defects the fuzzing found and that
 were fixed keep their reproductions as regression tests, on both databases.
 
-Bounded: one schemathesis run of about 15 s (killed after FUZZ_TIMEOUT), 127.0.0.1 only;
-gunicorn is stopped by its pid.
+Bounded: two schemathesis runs per database of 15 to 20 s each (each killed after
+FUZZ_TIMEOUT), 127.0.0.1 only; gunicorn is stopped by its pid.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ import redis
 from tests.conftest import make_app, reset_schema
 from tests.gunicorn_server import GunicornServer
 
-SEED = 7
-MAX_EXAMPLES = 25
+SEEDS = (7, 2026)
+MAX_EXAMPLES = 80
 FUZZ_TIMEOUT = 120
 
 
@@ -243,16 +243,15 @@ def _schemathesis_config(api):
     )
 
 
-@pytest.fixture(scope="module")
-def fuzz_run(api):
-    if api.db_kind != "sqlite":
-        pytest.skip("the fuzz run uses SQLite only")
+@pytest.fixture(scope="module", params=SEEDS, ids=lambda seed: f"seed{seed}")
+def fuzz_run(api, request):
+    seed = request.param
     if importlib.util.find_spec("schemathesis") is None:
         message = "schemathesis is not installed (pip install -e '.[dev]')"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message)
-    workdir = api.workdir / "schemathesis"
+    workdir = api.workdir / f"schemathesis-{seed}"
     workdir.mkdir()
     config = workdir / "schemathesis.toml"
     config.write_text(_schemathesis_config(api))
@@ -270,7 +269,7 @@ def fuzz_run(api):
         "--max-examples",
         str(MAX_EXAMPLES),
         "--seed",
-        str(SEED),
+        str(seed),
         "--workers",
         "1",
         "--header",

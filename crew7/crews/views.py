@@ -1,9 +1,9 @@
 """JSON REST API for crews, agents and runs: parse, call a service, return."""
 
-from flask import request
-from flask_smorest import Blueprint, abort
+import flask_smorest
 
-from crew7.auth import current_user, login_required
+from crew7.auth import current_user, read_access, write_access
+from crew7.bodies import JSONBodyParser
 from crew7.schemas.api import (
     AgentCreateSchema,
     AgentSchema,
@@ -20,17 +20,12 @@ from crew7.schemas.api import (
 )
 from crew7.services import crews as service
 
+
+class Blueprint(flask_smorest.Blueprint):
+    ARGUMENTS_PARSER = JSONBodyParser()
+
+
 blp = Blueprint("crews", __name__, description="Crews, their agents and their runs")
-
-
-@blp.before_request
-def require_json_body():
-    """Writes take a JSON body: absent is a 400, another media type a 415."""
-    if request.method in ("POST", "PATCH"):
-        if not request.get_data(cache=True):
-            abort(400, message="a JSON request body is required")
-        if not request.is_json:
-            abort(415, message="the request body must be application/json")
 
 
 _auth = {"security": [{"bearerAuth": []}]}
@@ -45,10 +40,10 @@ def list_crews(args):
 
 
 @blp.post("/crews")
+@write_access()
 @blp.arguments(CrewCreateSchema)
 @blp.response(201, CrewSchema)
 @blp.doc(**_auth)
-@login_required
 def create_crew(data):
     """Create a crew owned by the caller."""
     return service.create_crew(current_user(), data)
@@ -62,32 +57,32 @@ def get_crew(crew_id):
 
 
 @blp.patch("/crews/<id:crew_id>")
+@write_access(service.get_owned_crew)
 @blp.arguments(CrewUpdateSchema)
 @blp.response(200, CrewSchema)
 @blp.doc(**_auth)
-@login_required
-def update_crew(data, crew_id):
+def update_crew(data, crew):
     """Change a crew's fields (owner only)."""
-    return service.update_object(service.get_owned_crew(crew_id, current_user()), data)
+    return service.update_object(crew, data)
 
 
 @blp.delete("/crews/<id:crew_id>")
+@write_access(service.get_owned_crew)
 @blp.response(204)
 @blp.doc(**_auth)
-@login_required
-def delete_crew(crew_id):
+def delete_crew(crew):
     """Delete a crew with its agents and runs (owner only)."""
-    service.delete_object(service.get_owned_crew(crew_id, current_user()))
+    service.delete_object(crew)
 
 
 @blp.post("/crews/<id:crew_id>/agents")
+@write_access(service.get_owned_crew)
 @blp.arguments(AgentCreateSchema)
 @blp.response(201, AgentSchema)
 @blp.doc(**_auth)
-@login_required
-def add_agent(data, crew_id):
+def add_agent(data, crew):
     """Add an agent to a crew (owner only)."""
-    return service.add_agent(service.get_owned_crew(crew_id, current_user()), data)
+    return service.add_agent(crew, data)
 
 
 @blp.get("/agents/<id:agent_id>")
@@ -97,46 +92,46 @@ def get_agent(agent_id):
 
 
 @blp.patch("/agents/<id:agent_id>")
+@write_access(service.get_owned_agent)
 @blp.arguments(AgentUpdateSchema)
 @blp.response(200, AgentSchema)
 @blp.doc(**_auth)
-@login_required
-def update_agent(data, agent_id):
-    return service.update_object(service.get_owned_agent(agent_id, current_user()), data)
+def update_agent(data, agent):
+    return service.update_object(agent, data)
 
 
 @blp.delete("/agents/<id:agent_id>")
+@write_access(service.get_owned_agent)
 @blp.response(204)
 @blp.doc(**_auth)
-@login_required
-def delete_agent(agent_id):
-    service.delete_object(service.get_owned_agent(agent_id, current_user()))
+def delete_agent(agent):
+    service.delete_object(agent)
 
 
 @blp.post("/crews/<id:crew_id>/runs")
+@write_access(service.get_owned_crew)
 @blp.arguments(RunCreateSchema)
 @blp.response(201, RunSchema)
 @blp.doc(**_auth)
-@login_required
-def record_run(data, crew_id):
+def record_run(data, crew):
     """Record a run of a crew (owner only)."""
-    return service.record_run(service.get_owned_crew(crew_id, current_user()), data)
+    return service.record_run(crew, data)
 
 
 @blp.patch("/runs/<id:run_id>")
+@write_access(service.get_owned_run)
 @blp.arguments(RunUpdateSchema)
 @blp.response(200, RunSchema)
 @blp.doc(**_auth)
-@login_required
-def update_run(data, run_id):
+def update_run(data, run):
     """Change a run, e.g. finish it with its status (owner only)."""
-    return service.update_run(service.get_owned_run(run_id, current_user()), data)
+    return service.update_run(run, data)
 
 
 @blp.get("/crews/<id:crew_id>/runs")
+@read_access(service.get_visible_crew)
 @blp.arguments(PageQuerySchema, location="query")
 @blp.response(200, RunPageSchema)
-def list_runs(args, crew_id):
+def list_runs(args, crew):
     """A crew's runs, newest first, paginated."""
-    crew = service.get_visible_crew(crew_id, current_user())
     return service.list_runs(crew, args["page"], args["per_page"])

@@ -8,6 +8,7 @@ import hashlib
 from flask import Response, abort, current_app, request
 from flask_smorest import Blueprint
 
+from crew7.extensions import TOKEN_ID_PATTERN
 from crew7.schemas.metadata import AgentMetadataSchema, CrewMetadataSchema
 from crew7.services import metadata as service
 from crew7.services.cache import NULL
@@ -54,7 +55,7 @@ def _token_id(raw):
     return value
 
 
-@blp.get("/crew/<string:token_id>")
+@blp.get("/crew/<token_id:token_id>")
 @blp.alt_response(200, schema=CrewMetadataSchema, description="The crew's document")
 def crew_metadata(token_id):
     """A crew's NFT metadata (decimal id, or ERC-1155's 64-hex-digit form)."""
@@ -62,7 +63,7 @@ def crew_metadata(token_id):
     return _document_response(body)
 
 
-@blp.get("/agent/<string:token_id>")
+@blp.get("/agent/<token_id:token_id>")
 @blp.alt_response(200, schema=AgentMetadataSchema, description="The agent's document")
 def agent_metadata(token_id):
     """An agent's NFT metadata."""
@@ -70,7 +71,7 @@ def agent_metadata(token_id):
     return _document_response(body)
 
 
-@blp.get("/crew/<string:token_id>/agents")
+@blp.get("/crew/<token_id:token_id>/agents")
 @blp.alt_response(200, schema=AgentMetadataSchema(many=True), description="Agents' documents")
 def crew_agents_metadata(token_id):
     """The documents of a crew's agents, as a list."""
@@ -78,7 +79,7 @@ def crew_agents_metadata(token_id):
     return _document_response(body)
 
 
-_ONE_ID = r"(\d{1,19}|[0-9a-fA-F]{64})"
+_ONE_ID = f"({TOKEN_ID_PATTERN})"
 
 
 @blp.get("/crews")
@@ -88,7 +89,10 @@ _ONE_ID = r"(\d{1,19}|[0-9a-fA-F]{64})"
             "name": "ids",
             "in": "query",
             "required": True,
-            "description": f"Comma-separated crew ids (decimal or 64 hex digits), 1 to {MAX_BATCH}",
+            "description": (
+                f"Comma-separated crew ids, at least 1 and at most {MAX_BATCH}: each decimal "
+                "without sign or leading zero, or 64 lowercase hex digits (ERC-1155)"
+            ),
             "schema": {
                 "type": "string",
                 "pattern": f"^{_ONE_ID}(,{_ONE_ID}){{0,{MAX_BATCH - 1}}}$",
@@ -115,7 +119,7 @@ _ONE_ID = r"(\d{1,19}|[0-9a-fA-F]{64})"
 def crews_metadata():
     """Many crews' documents in request order; null for an unknown or private id."""
     raw = request.args.get("ids", "")
-    parts = [p.strip() for p in raw.split(",")] if raw.strip() else []
+    parts = raw.split(",") if raw else []
     if not parts:
         abort(400, "ids is required: a comma-separated list of crew ids")
     if len(parts) > MAX_BATCH:

@@ -1,5 +1,7 @@
-"""API input and output. Input schemas reject unknown fields (marshmallow's default)."""
+"""API input and output. Input schemas reject unknown fields (marshmallow's default), and
+every input string is a ``Text``."""
 
+import re
 from datetime import UTC
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
@@ -8,15 +10,48 @@ from crew7.models import PROCESSES, RUN_STATUSES
 
 _name = validate.Length(min=1, max=120)
 
+# PostgreSQL refuses NUL in text (SQLite would store it); a surrogate on its own, which a
+# JSON escape can spell, has no UTF-8 encoding at all.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+class Text(fields.String):
+    """A JSON string that both databases store as sent: one rule for every input string."""
+
+    default_error_messages = {
+        "nul": "Must not contain the NUL character (\\u0000).",
+        "surrogate": "Must not contain unpaired surrogates (\\ud800-\\udfff): not valid Unicode.",
+    }
+
+    def __init__(self, **kwargs):
+        # Documented: no NUL. Lone surrogates are not Unicode at all; a pattern naming them
+        # is not a valid regex for many validators (Rust's regex, hence schemathesis).
+        metadata = {"pattern": "^[^\\u0000]*$", **kwargs.pop("metadata", {})}
+        super().__init__(metadata=metadata, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        result = super()._deserialize(value, attr, data, **kwargs)
+        found = _UNSTORABLE.search(result)
+        if found:
+            raise self.make_error("nul" if found.group() == "\x00" else "surrogate")
+        return result
+
 
 class UTCDateTime(fields.DateTime):
     """RFC 3339 in and out. Input with an offset is converted to UTC (none means UTC);
     values are stored naive in UTC and sent with their offset."""
 
+    default_error_messages = {
+        "out_of_range": "Must fall between years 1 and 9999 once converted to UTC.",
+    }
+
     def _deserialize(self, value, attr, data, **kwargs):
         result = super()._deserialize(value, attr, data, **kwargs)
         if result.tzinfo is not None:
-            result = result.astimezone(UTC).replace(tzinfo=None)
+            try:
+                result = result.astimezone(UTC).replace(tzinfo=None)
+            except OverflowError:
+                raise self.make_error("out_of_range") from None
         return result
 
     def _serialize(self, value, attr, obj, **kwargs):
@@ -56,17 +91,17 @@ class StrictFloat(fields.Float):
 
 
 class CrewCreateSchema(Schema):
-    name = fields.String(required=True, validate=_name)
-    description = fields.String(validate=validate.Length(max=2000), load_default="")
+    name = Text(required=True, validate=_name)
+    description = Text(validate=validate.Length(max=2000), load_default="")
     is_public = StrictBoolean(load_default=True)
-    process = fields.String(validate=validate.OneOf(PROCESSES), load_default="sequential")
+    process = Text(validate=validate.OneOf(PROCESSES), load_default="sequential")
 
 
 class CrewUpdateSchema(Schema):
-    name = fields.String(validate=_name)
-    description = fields.String(validate=validate.Length(max=2000))
+    name = Text(validate=_name)
+    description = Text(validate=validate.Length(max=2000))
     is_public = StrictBoolean()
-    process = fields.String(validate=validate.OneOf(PROCESSES))
+    process = Text(validate=validate.OneOf(PROCESSES))
 
 
 class CrewStatsSchema(Schema):
@@ -91,26 +126,26 @@ class CrewSchema(Schema):
 
 
 class AgentCreateSchema(Schema):
-    name = fields.String(required=True, validate=_name)
-    role = fields.String(required=True, validate=_name)
-    goal = fields.String(validate=validate.Length(max=2000), load_default="")
-    backstory = fields.String(validate=validate.Length(max=4000), load_default="")
-    llm = fields.String(validate=validate.Length(min=1, max=80), load_default="gpt-4o")
+    name = Text(required=True, validate=_name)
+    role = Text(required=True, validate=_name)
+    goal = Text(validate=validate.Length(max=2000), load_default="")
+    backstory = Text(validate=validate.Length(max=4000), load_default="")
+    llm = Text(validate=validate.Length(min=1, max=80), load_default="gpt-4o")
     tools = fields.List(
-        fields.String(validate=validate.Length(min=1, max=80)),
+        Text(validate=validate.Length(min=1, max=80)),
         validate=validate.Length(max=50),
         load_default=list,
     )
 
 
 class AgentUpdateSchema(Schema):
-    name = fields.String(validate=_name)
-    role = fields.String(validate=_name)
-    goal = fields.String(validate=validate.Length(max=2000))
-    backstory = fields.String(validate=validate.Length(max=4000))
-    llm = fields.String(validate=validate.Length(min=1, max=80))
+    name = Text(validate=_name)
+    role = Text(validate=_name)
+    goal = Text(validate=validate.Length(max=2000))
+    backstory = Text(validate=validate.Length(max=4000))
+    llm = Text(validate=validate.Length(min=1, max=80))
     tools = fields.List(
-        fields.String(validate=validate.Length(min=1, max=80)), validate=validate.Length(max=50)
+        Text(validate=validate.Length(min=1, max=80)), validate=validate.Length(max=50)
     )
 
 
@@ -134,7 +169,7 @@ def _check_run_times(data):
 
 
 class RunCreateSchema(Schema):
-    status = fields.String(validate=validate.OneOf(RUN_STATUSES), load_default="queued")
+    status = Text(validate=validate.OneOf(RUN_STATUSES), load_default="queued")
     started_at = UTCDateTime()
     finished_at = UTCDateTime()
     duration = StrictFloat(validate=validate.Range(min=0, max=10**7))
@@ -146,7 +181,7 @@ class RunCreateSchema(Schema):
 
 
 class RunUpdateSchema(Schema):
-    status = fields.String(validate=validate.OneOf(RUN_STATUSES))
+    status = Text(validate=validate.OneOf(RUN_STATUSES))
     started_at = UTCDateTime()
     finished_at = UTCDateTime()
     duration = StrictFloat(validate=validate.Range(min=0, max=10**7))
@@ -168,10 +203,20 @@ class RunSchema(Schema):
     created_at = UTCDateTime()
 
 
+class QueryInteger(fields.Integer):
+    """A number in a query string, in ASCII decimal without sign or leading zero: int()
+    alone would also read "１", "+1", " 1" and "1_0"."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str) or not re.fullmatch("0|[1-9][0-9]*", value):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class PageQuerySchema(Schema):
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=10**6))
+    page = QueryInteger(load_default=1, validate=validate.Range(min=1, max=10**6))
     # Larger values are capped at PAGE_SIZE_MAX.
-    per_page = fields.Integer(load_default=None, validate=validate.Range(min=1, max=10_000))
+    per_page = QueryInteger(load_default=None, validate=validate.Range(min=1, max=10_000))
 
 
 class _Page(Schema):

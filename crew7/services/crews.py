@@ -9,6 +9,7 @@ import math
 
 from flask import current_app
 from sqlalchemy import func, select
+from sqlalchemy.orm import contains_eager
 
 from crew7.extensions import db
 from crew7.models import FINISHED_STATUSES, Agent, Crew, Run, utcnow
@@ -33,8 +34,20 @@ def get_owned_crew(crew_id, user):
     return crew
 
 
+def _with_crew(model, object_id):
+    """An agent or run with its crew, in one query whether or not it exists, so that
+    an unknown id and a private crew's object cost the same work."""
+    query = (
+        select(model)
+        .join(model.crew)
+        .options(contains_eager(model.crew))
+        .where(model.id == object_id)
+    )
+    return db.session.scalar(query)
+
+
 def get_visible_agent(agent_id, user):
-    agent = db.session.get(Agent, agent_id)
+    agent = _with_crew(Agent, agent_id)
     if agent is None or not _visible(agent.crew, user):
         raise NotFound(f"agent {agent_id} not found")
     return agent
@@ -48,7 +61,7 @@ def get_owned_agent(agent_id, user):
 
 
 def get_owned_run(run_id, user):
-    run = db.session.get(Run, run_id)
+    run = _with_crew(Run, run_id)
     if run is None or not _visible(run.crew, user):
         raise NotFound(f"run {run_id} not found")
     if run.crew.owner_id != user.id:

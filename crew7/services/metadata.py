@@ -11,7 +11,7 @@ import json
 from flask import current_app
 from sqlalchemy import func, select
 
-from crew7.extensions import MAX_ID, db
+from crew7.extensions import MAX_ID, TOKEN_ID_RE, db
 from crew7.models import Agent, Crew, CrewStats
 from crew7.schemas.metadata import AgentMetadataSchema, CrewMetadataSchema
 from crew7.services.cache import (
@@ -48,10 +48,9 @@ def _is_default(base_url, cdn_url):
 
 
 def is_token_id(raw):
-    """Decimal (up to 19 digits), or the 64 hex digits ERC-1155 ``{id}`` URIs produce."""
-    return (raw.isdigit() and len(raw) <= 19) or (
-        len(raw) == 64 and all(c in "0123456789abcdefABCDEF" for c in raw)
-    )
+    """Decimal without sign or leading zero (up to 19 ASCII digits), or the 64 lowercase hex
+    digits ERC-1155 ``{id}`` URIs produce: one spelling per token."""
+    return TOKEN_ID_RE.fullmatch(raw) is not None
 
 
 def parse_token_id(raw):
