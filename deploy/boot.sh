@@ -5,6 +5,4 @@ set -eu
 
 flask --app wsgi db upgrade
 
-# gunicorn's default request line limit (4094 bytes) refuses a batch URL of 100 ids of 64
-# hex digits (6.6 KB); 8190 is its largest, and what nginx admits (deploy/nginx.conf).
-exec gunicorn --limit-request-line 8190 -c gunicorn.conf.py wsgi:app "$@"
+exec gunicorn -c gunicorn.conf.py wsgi:app "$@"

@@ -116,6 +116,13 @@ def test_app_service_settings(compose):
         ), f"named volume {volume} is unused"
 
 
+def gunicorn_settings():
+    """The settings gunicorn.conf.py gives gunicorn, read as gunicorn reads them."""
+    import runpy
+
+    return runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+
+
 def boot_gunicorn_options():
     """The options deploy/boot.sh gives gunicorn besides -c gunicorn.conf.py, as pairs."""
     (line,) = [
@@ -286,7 +293,7 @@ def test_nginx_config_stores_nothing_and_limits_every_public_route():
     assert re.search(r"^\s*client_max_body_size 64k;", text, re.MULTILINE)
     # nginx's request line buffer (the line and its CRLF) is gunicorn's limit plus 2.
     (size,) = re.findall(r"^\s*large_client_header_buffers \d+ (\d+)k;", text, re.MULTILINE)
-    assert int(size) * 1024 == int(dict(boot_gunicorn_options())["--limit-request-line"]) + 2
+    assert int(size) * 1024 == gunicorn_settings()["limit_request_line"] + 2
     assert re.search(r"^\s*gzip_types [^;]*application/json", text, re.MULTILINE)
 
 
