@@ -92,6 +92,16 @@ def on_starting(server):
             os.unlink(os.path.join(directory, name))
 
 
+def post_worker_init(worker):
+    # Serving processes warm the cache at start-up: the first worker of a deployment to
+    # claim it does (crew7.services.warming); the `flask` commands never do.
+    app = worker.wsgi
+    if "crew7.cache" in getattr(app, "extensions", {}):  # crew7's app, not another WSGI app
+        from crew7.services.warming import start_warming
+
+        start_warming(app)
+
+
 def child_exit(server, worker):
     from crew7.services.metrics import worker_exit
 

@@ -28,7 +28,6 @@ def create_app(test_config=None):
     register_hooks(app)
     register_commands(app)
     register_proxy_fix(app)
-    start_warming(app)
     return app
 
 
@@ -102,9 +101,9 @@ def register_extensions(app):
     from crew7.extensions import (
         MAX_ID,
         TOKEN_ID_PATTERN,
+        CrewApi,
         IdConverter,
         TokenIdConverter,
-        api,
         cache,
         db,
         migrate,
@@ -116,7 +115,8 @@ def register_extensions(app):
     replace_session_teardown(app, db)
     migrate.init_app(app, db, directory=_MIGRATIONS)
     cache.init_app(app)
-    api.init_app(app)
+    # The Api holds this app's OpenAPI document, so each app has its own.
+    api = app.extensions["crew7.api"] = CrewApi(app)
     api.register_converter(
         IdConverter, lambda _: {"type": "integer", "minimum": 1, "maximum": MAX_ID}
     )
@@ -164,13 +164,13 @@ def register_errorhandlers(app):
 
 def register_blueprints(app):
     from crew7.crews.views import blp as crews_blp
-    from crew7.extensions import api
     from crew7.health.views import bp as health_bp
     from crew7.metadata.views import blp as metadata_blp
     from crew7.ops.views import bp as ops_bp
     from crew7.ops.views import register_request_metrics
     from crew7.stats.views import blp as stats_blp
 
+    api = app.extensions["crew7.api"]
     api.register_blueprint(crews_blp)
     api.register_blueprint(metadata_blp)
     api.register_blueprint(stats_blp)
@@ -184,9 +184,16 @@ def register_blueprints(app):
 
 
 def register_hooks(app):
-    from crew7.hooks import register_session_hooks
+    """Session events (run aggregates, then cache invalidation) and engine setup."""
+    from flask_sqlalchemy.session import Session
 
-    register_session_hooks(app)
+    from crew7 import aggregates, invalidation
+    from crew7.database import configure_engines
+    from crew7.extensions import db
+
+    configure_engines(app, db)
+    aggregates.register(Session)
+    invalidation.register(Session)
 
 
 def register_commands(app):
@@ -201,15 +208,3 @@ def register_proxy_fix(app):
 
         hops = app.config["PROXY_HOPS"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
-
-
-def start_warming(app):
-    # Serving processes only: not the `flask` commands (migrations, seeding, warm-cache).
-    import click
-
-    if click.get_current_context(silent=True) is not None:
-        return
-    if app.config["CACHE_WARM_ON_START"] and not app.testing:
-        from crew7.services.warming import warm_in_background
-
-        warm_in_background(app)

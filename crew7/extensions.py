@@ -59,6 +59,3 @@ class CrewApi(Api):
     """flask-smorest's Api, documenting crew7's one error shape."""
 
     ERROR_SCHEMA = ErrorSchema
-
-
-api = CrewApi()

@@ -24,22 +24,22 @@ def _etag(body):
     return '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
 
 
-def _cache_control(app):
-    ttl = app.config["METADATA_TTL"]
-    return f"public, max-age={ttl}, stale-while-revalidate={ttl}, stale-if-error=86400"
+@blp.record_once
+def _derive_headers(state):
+    """Each app's Cache-Control, from its METADATA_TTL, built once when it registers."""
+    ttl = state.app.config["METADATA_TTL"]
+    state.app.extensions["crew7.cache_control"] = (
+        f"public, max-age={ttl}, stale-while-revalidate={ttl}, stale-if-error=86400"
+    )
 
 
 def _document_response(body):
     if body == NULL:
         abort(404, "no such public token")
     etag = _etag(body)
-    app = current_app._get_current_object()
-    cache_control = app.extensions.get("crew7.cache_control")
-    if cache_control is None:
-        cache_control = app.extensions["crew7.cache_control"] = _cache_control(app)
     headers = {
         "Access-Control-Allow-Origin": "*",
-        "Cache-Control": cache_control,
+        "Cache-Control": current_app.extensions["crew7.cache_control"],
         "ETag": etag,
     }
     inm = request.headers.get("If-None-Match")

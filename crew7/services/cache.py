@@ -589,6 +589,14 @@ class CacheService:
         return cls(client, app.config, getattr(backend, "key_prefix", ""))
 
     # -- keys -----------------------------------------------------------------
+    def key(self, family, ident):
+        """The key of a document of ``family`` by its id."""
+        return {
+            CREW: self.crew_key,
+            AGENT: self.agent_key,
+            CREW_AGENTS: self.crew_agents_key,
+        }[family](ident)
+
     def crew_key(self, crew_id):
         return f"{self.prefix}metadata:crew:{crew_id}"
 

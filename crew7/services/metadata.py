@@ -144,8 +144,10 @@ def _agent_count(crew_id):
     )
 
 
-def agent_ids_of_crew(crew_id):
-    return list(db.session.scalars(select(Agent.id).where(Agent.crew_id == crew_id)))
+def agent_ids_of_crew(crew_id, session=None):
+    """The ids of a crew's agents (in ``session``, the request's by default)."""
+    session = db.session if session is None else session
+    return list(session.scalars(select(Agent.id).where(Agent.crew_id == crew_id)))
 
 
 def compute_crew_json(crew_id):

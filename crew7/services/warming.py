@@ -121,6 +121,14 @@ def claim_warming(app):
         return False
 
 
+def start_warming(app):
+    """Warm a serving process's cache at start-up (gunicorn's ``post_worker_init`` calls
+    this), when ``CACHE_WARM_ON_START`` is on; returns the thread, or None."""
+    if app.config["CACHE_WARM_ON_START"] and not app.testing:
+        return warm_in_background(app)
+    return None
+
+
 def warm_in_background(app):
     """Warm after start-up without delaying serving, once however many workers start."""
 
