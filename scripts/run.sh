@@ -87,8 +87,10 @@ start_redis() {
     # A cache: nothing is persisted, so a restart never serves entries from a previous run.
     # In a session of its own, so a Ctrl-C at the terminal reaches gunicorn but not Redis:
     # Redis is stopped after gunicorn has finished its requests (stop_started).
+    # Bounded like compose's: eviction costs misses, never a stale document (docs/cache.md).
     setsid "$bin" --port "$redis_port" --bind 127.0.0.1 --dir "$dir" --daemonize no \
-        --save '' --appendonly no --logfile "$dir/redis.log" </dev/null &
+        --save '' --appendonly no --maxmemory 256mb --maxmemory-policy volatile-lru \
+        --logfile "$dir/redis.log" </dev/null &
     pid=$!
     started+=("$pid")
     for ((n = 0; n < 100; n++)); do
