@@ -120,7 +120,7 @@ def after_commit(session):
     cache = get_cache_service(current_app)
     keys = []
     for crew_id, agent_ids in pending["crews"].items():
-        keys.extend(cache.crew_keys(crew_id, agent_ids))
+        keys.extend(cache.keys_affected_by_crew(crew_id, agent_ids))
     keys.extend(cache.crew_key(c) for c in pending["crew_docs"])
     keys.extend(cache.crew_agents_key(c) for c in pending["agent_lists"])
     keys.extend(cache.agent_key(a) for a in pending["agents"])

@@ -18,7 +18,7 @@ from crew7.services.cache import (
     AGENT,
     CREW,
     CREW_AGENTS,
-    NULL,
+    NOT_FOUND,
     CacheUnavailable,
     get_cache_service,
 )
@@ -246,8 +246,8 @@ def compute_crew_agents_json(crew_id):
 
 
 def crew_metadata_json(crew_id, count_view=True):
-    """``(bytes, hit)``: the crew's document as served; ``b"null"`` when not found."""
-    cache = get_cache_service()
+    """The crew's document as served; ``NOT_FOUND`` when not found."""
+    cache = get_cache_service(current_app)
     return cache.read_through(
         CREW,
         cache.crew_key(crew_id),
@@ -257,14 +257,14 @@ def crew_metadata_json(crew_id, count_view=True):
 
 
 def agent_metadata_json(agent_id):
-    cache = get_cache_service()
+    cache = get_cache_service(current_app)
     return cache.read_through(
         AGENT, cache.agent_key(agent_id), lambda: compute_agent_json(agent_id)
     )
 
 
 def crew_agents_metadata_json(crew_id):
-    cache = get_cache_service()
+    cache = get_cache_service(current_app)
     return cache.read_through(
         CREW_AGENTS, cache.crew_agents_key(crew_id), lambda: compute_crew_agents_json(crew_id)
     )
@@ -278,7 +278,7 @@ def many_crews_metadata_json(crew_ids):
     processes as a single miss is. A crew named several times is looked up, and its view
     counted, once.
     """
-    cache = get_cache_service()
+    cache = get_cache_service(current_app)
     distinct = list(dict.fromkeys(c for c in crew_ids if c is not None))
     found = {}
     if cache.enabled and distinct:
@@ -288,18 +288,18 @@ def many_crews_metadata_json(crew_ids):
         if values is not None:
             found = {c: v for c, v in zip(distinct, values, strict=True) if v is not None}
     if found:
-        cache.counters.record(CREW, "hit", len(found))
+        cache.record(CREW, "hit", len(found))
     missing = [c for c in distinct if c not in found]
     if missing:
         found.update(_crews_through_cache(cache, missing))
     # Well-formed ids that no crew can have are null.
-    return b"[" + b",".join(NULL if c is None else found[c] for c in crew_ids) + b"]"
+    return b"[" + b",".join(NOT_FOUND if c is None else found[c] for c in crew_ids) + b"]"
 
 
 def _crews_through_cache(cache, crew_ids):
-    """The documents of crews a batch missed: ``{crew_id: bytes}``, ``NULL`` for none."""
+    """The documents of crews a batch missed: ``{crew_id: bytes}``, ``NOT_FOUND`` for none."""
     if not cache.enabled:
-        cache.counters.record(CREW, "bypass", len(crew_ids))
+        cache.record(CREW, "bypass", len(crew_ids))
         return _null_for_missing(compute_crews_json(crew_ids))
     keys = {cache.crew_key(c): c for c in crew_ids}
 
@@ -310,15 +310,15 @@ def _crews_through_cache(cache, crew_ids):
     try:
         values, _ = cache.fill_many(CREW, list(keys), compute)
     except CacheUnavailable:
-        cache.counters.record(CREW, "bypass", len(keys))
+        cache.record(CREW, "bypass", len(keys))
         return _null_for_missing(compute_crews_json(crew_ids))
-    cache.counters.record(CREW, "miss", len(keys))
-    cache.count_views([str(keys[k]) for k, v in values.items() if v != NULL])
+    cache.record(CREW, "miss", len(keys))
+    cache.count_views([str(keys[k]) for k, v in values.items() if v != NOT_FOUND])
     return {keys[k]: v for k, v in values.items()}
 
 
 def _null_for_missing(documents):
-    return {c: NULL if v is None else v for c, v in documents.items()}
+    return {c: NOT_FOUND if v is None else v for c, v in documents.items()}
 
 
 def crew_to_nft_metadata(crew, base_url=None, cdn_url=None, use_cache=True):
@@ -329,7 +329,7 @@ def crew_to_nft_metadata(crew, base_url=None, cdn_url=None, use_cache=True):
     than the configured ones, the cache is never touched.
     """
     if use_cache and _is_default(base_url, cdn_url):
-        value, _ = crew_metadata_json(crew.id, count_view=False)
+        value = crew_metadata_json(crew.id, count_view=False)
         return json.loads(value)
     stats = db.session.get(CrewStats, crew.id)
     return build_crew_document(crew, stats, _agent_count(crew.id), base_url, cdn_url)
@@ -338,6 +338,6 @@ def crew_to_nft_metadata(crew, base_url=None, cdn_url=None, use_cache=True):
 def agent_to_nft_metadata(agent, base_url=None, cdn_url=None, use_cache=True):
     """The agent's NFT metadata document (a dict); see ``crew_to_nft_metadata``."""
     if use_cache and _is_default(base_url, cdn_url):
-        value, _ = agent_metadata_json(agent.id)
+        value = agent_metadata_json(agent.id)
         return json.loads(value)
     return build_agent_document(agent, agent.crew, base_url, cdn_url)

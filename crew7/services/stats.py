@@ -16,7 +16,7 @@ MIN_FINISHED_FOR_RATE = 5
 
 def popular_crew_ids(limit):
     """Most viewed public crews; the newest public crews while there are no views yet."""
-    cache = get_cache_service()
+    cache = get_cache_service(current_app)
     ranked = cache.popular_crew_ids(limit * 3) if cache.enabled else []
     ids = []
     if ranked:
@@ -75,7 +75,7 @@ def compute_leaderboard(kind):
 
 
 def popular_crews_json():
-    cache = get_cache_service()
+    cache = get_cache_service(current_app)
     return cache.stats_read_through(cache.popular_key(), cache.popular_ttl, compute_popular_crews)
 
 
@@ -83,7 +83,7 @@ def leaderboard_json(kind):
     """The leaderboard's JSON, or None for an unknown type."""
     if kind not in LEADERBOARD_TYPES:
         return None
-    cache = get_cache_service()
+    cache = get_cache_service(current_app)
     return cache.stats_read_through(
         cache.leaderboard_key(kind), cache.stats_ttl, lambda: compute_leaderboard(kind)
     )

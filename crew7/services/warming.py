@@ -35,7 +35,7 @@ def warm_popular_crews(limit, with_agents=False, with_stats=False, progress=None
     CacheUnavailable when Redis cannot be reached or the cache is off: nothing can be
     warmed then, and saying otherwise would mislead.
     """
-    cache = get_cache_service()
+    cache = get_cache_service(current_app)
     if not cache.enabled:
         raise CacheUnavailable("the metadata cache is disabled (METADATA_CACHE_ENABLED)")
     if not cache.ping():
@@ -114,7 +114,7 @@ def deployment_id():
 def claim_warming(app):
     """True for exactly one process of a deployment (SET NX in Redis)."""
     cache = get_cache_service(app)
-    key = f"{cache.prefix}warming:{deployment_id()}"
+    key = cache.warming_key(deployment_id())
     try:
         return cache.claim(key, os.getpid(), 86400)
     except CacheUnavailable:

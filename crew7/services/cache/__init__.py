@@ -1,4 +1,4 @@
-"""The metadata cache: the only module that knows key names, TTLs and Redis.
+"""The metadata cache: the only package that knows key names, TTLs and Redis.
 
 Keys (``CACHE_NAMESPACE`` is prepended, empty by default)::
 
@@ -12,7 +12,8 @@ Keys (``CACHE_NAMESPACE`` is prepended, empty by default)::
     lock:<document key>              single-flight lease of the request computing the key
 
 Values are the documents' JSON text, never pickle: whoever can write to a shared Redis
-could otherwise run code in the app. An unknown or private id is cached as ``null``.
+could otherwise run code in the app. An unknown or private id is cached as ``null``
+(``NOT_FOUND``).
 
 Why not ``Cache.memoize``/``Cache.cached`` around the builder: Flask-Caching 2.5's
 ``memoize`` hashes keys (operators could not ``redis-cli GET metadata:crew:123``), costs
@@ -35,13 +36,23 @@ Redis failures never reach clients: every call is bounded by short socket timeou
 no retries, and a circuit breaker skips Redis for a few seconds after consecutive
 failures. Invalidations that could not be applied are kept and retried, and Redis is not
 read again by this process until they are applied.
+
+Where things are: ``documents`` (the registry of document types: keys, TTL settings,
+families), ``client`` (the Redis client and Flask-Caching's settings), ``scripts`` (the
+Lua scripts and ``Scripts.run``), ``breaker``, ``counters`` (events and the hit-rate
+window), ``read_through`` (a hit, a miss, batches, warming, early refresh),
+``invalidation``, ``popularity`` (views, Space-Saving, the Cluster's view buffer) and
+``service`` (``CacheService`` itself). The package imports nothing else of crew7: what it
+needs from the app (Prometheus counters, running work after the response) is handed to
+``CacheService`` at start-up.
 """
 
 from crew7.services.cache.breaker import CircuitBreaker
 from crew7.services.cache.client import (
     REDIS_ERRORS,
+    CacheSetupError,
     CacheUnavailable,
-    JSONTextSerializer,
+    connect,
     flask_caching_config,
 )
 from crew7.services.cache.counters import Counters, HitRateWindow
@@ -49,28 +60,40 @@ from crew7.services.cache.documents import (
     AGENT,
     CREW,
     CREW_AGENTS,
+    DOCUMENT_TYPES,
+    FAMILIES,
     LEADERBOARD_TYPES,
-    NULL,
+    NOT_FOUND,
     STATS,
+    DocumentType,
+    document_key,
+    document_type_problems,
 )
 from crew7.services.cache.popularity import ViewBuffer
-from crew7.services.cache.service import CacheService, get_cache_service
+from crew7.services.cache.service import CacheService, get_cache_service, run_inline
 
 __all__ = [
     "AGENT",
     "CREW",
     "CREW_AGENTS",
+    "DOCUMENT_TYPES",
+    "FAMILIES",
     "LEADERBOARD_TYPES",
-    "NULL",
+    "NOT_FOUND",
     "REDIS_ERRORS",
     "STATS",
     "CacheService",
+    "CacheSetupError",
     "CacheUnavailable",
     "CircuitBreaker",
     "Counters",
+    "DocumentType",
     "HitRateWindow",
-    "JSONTextSerializer",
     "ViewBuffer",
+    "connect",
+    "document_key",
+    "document_type_problems",
     "flask_caching_config",
     "get_cache_service",
+    "run_inline",
 ]

@@ -14,8 +14,9 @@ class CircuitBreaker:
     One warning when it opens, one when it closes.
     """
 
-    def __init__(self, threshold, cooldown, on_close=None):
+    def __init__(self, threshold, cooldown, on_close=None, gauge=None):
         self.threshold = threshold
+        self.gauge = gauge  # set to 1 while open, 0 when closed (a Prometheus gauge)
         self.cooldown = cooldown
         self.failures = 0
         self.opened_at = None
@@ -53,8 +54,12 @@ class CircuitBreaker:
                 return
             self.opened_at = None
         if reopened:
-            _set_breaker_gauge(0)
+            self._set_gauge(0)
             log.warning("Redis reachable again: cache circuit breaker closed")
+
+    def _set_gauge(self, value):
+        if self.gauge is not None:
+            self.gauge.set(value)
 
     def failure(self, exc):
         with self._lock:
@@ -66,7 +71,7 @@ class CircuitBreaker:
             if self.failures < self.threshold:
                 return
             self.opened_at = time.monotonic()
-        _set_breaker_gauge(1)
+        self._set_gauge(1)
         log.warning(
             "Redis unavailable (%s: %s): cache circuit breaker open, serving from the "
             "database for %.1f s",
@@ -74,9 +79,3 @@ class CircuitBreaker:
             exc,
             self.cooldown,
         )
-
-
-def _set_breaker_gauge(value):
-    from crew7.services import metrics
-
-    metrics.breaker_open.set(value)

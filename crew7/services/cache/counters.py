@@ -3,7 +3,7 @@
 import logging
 import time
 
-from crew7.services.cache.documents import AGENT, CREW, CREW_AGENTS, STATS
+from crew7.services.cache.documents import FAMILIES
 
 log = logging.getLogger("crew7.services.cache")
 
@@ -24,15 +24,16 @@ class Counters:
         "early_refresh": "early_refreshes",
     }
 
-    def __init__(self):
-        from crew7.services import metrics
-
+    def __init__(self, metrics=None):
+        """``metrics``: the Prometheus ``cache_events`` (labels family, event) and
+        ``redis_errors`` counters; without them only this process's totals are kept."""
+        events = _Uncounted() if metrics is None else metrics.cache_events
         self._metric = {
-            (family, event): metrics.cache_events.labels(family, event)
-            for family in (CREW, AGENT, CREW_AGENTS, STATS)
+            (family, event): events.labels(family, event)
+            for family in FAMILIES
             for event in self._FIELDS
         }
-        self._redis_errors = metrics.redis_errors
+        self._redis_errors = _Uncounted() if metrics is None else metrics.redis_errors
         self.window = HitRateWindow()
         self.reset()
 
@@ -54,6 +55,16 @@ class Counters:
 
     def as_dict(self):
         return {f: getattr(self, f) for f in (*self._FIELDS.values(), "redis_errors")}
+
+
+class _Uncounted:
+    """Stands in for a Prometheus counter when none is given."""
+
+    def labels(self, *labels):
+        return self
+
+    def inc(self, n=1):
+        pass
 
 
 class HitRateWindow:

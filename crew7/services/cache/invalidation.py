@@ -3,6 +3,7 @@
 import threading
 
 from crew7.services.cache.client import REDIS_ERRORS, CacheUnavailable
+from crew7.services.cache.documents import DOCUMENT_TYPES
 from crew7.services.cache.scripts import _fence_token, _text
 
 
@@ -25,8 +26,6 @@ class Invalidation:
         return False
 
     def _apply_invalidations(self, keys):
-        if self.client is None:
-            return True
         try:
             if self.breaker.opened_at is not None:
                 raise CacheUnavailable("breaker open")
@@ -40,14 +39,17 @@ class Invalidation:
         ordered = sorted(keys)
         if self.cluster:
             for key in ordered:
-                self._scripts["invalidate"](
-                    keys=[key, self.fence_key(key)], args=[_fence_token(), self.FENCE_TTL]
+                self.scripts.run(
+                    "invalidate", [key, self.fence_key(key)], [_fence_token(), self.FENCE_TTL]
                 )
             return
         pipe = self.client.pipeline(transaction=False)
         for key in ordered:
-            self._scripts["invalidate"](
-                keys=[key, self.fence_key(key)], args=[_fence_token(), self.FENCE_TTL], client=pipe
+            self.scripts.run(
+                "invalidate",
+                [key, self.fence_key(key)],
+                [_fence_token(), self.FENCE_TTL],
+                pipeline=pipe,
             )
         pipe.execute()
 
@@ -84,32 +86,20 @@ class Invalidation:
     def pending_invalidations(self):
         return len(self._pending)
 
-    def crew_keys(self, crew_id, agent_ids=()):
-        """Every document a change to the crew affects."""
+    def keys_affected_by_crew(self, crew_id, agent_ids=()):
+        """Every document a change to the crew affects: the crew, its agents list and
+        each of ``agent_ids`` (its agents)."""
         return [self.crew_key(crew_id), self.crew_agents_key(crew_id)] + [
             self.agent_key(a) for a in agent_ids
         ]
 
-    def invalidate_crew_metadata(self, crew_id):
-        return self.invalidate_keys([self.crew_key(crew_id)])
-
-    def invalidate_agent_metadata(self, agent_id):
-        return self.invalidate_keys([self.agent_key(agent_id)])
-
-    def invalidate_crew_agents_metadata(self, crew_id):
-        return self.invalidate_keys([self.crew_agents_key(crew_id)])
-
-    def invalidate_all_crew_metadata(self, crew_id, agent_ids=None):
-        """The crew, its agents list and each of its agents."""
-        if agent_ids is None:
-            from crew7.services.metadata import agent_ids_of_crew
-
-            agent_ids = agent_ids_of_crew(crew_id)
-        return self.invalidate_keys(self.crew_keys(crew_id, agent_ids))
+    def invalidate_all_crew_metadata(self, crew_id, agent_ids):
+        """The crew, its agents list and each of its agents (``agent_ids``)."""
+        return self.invalidate_keys(self.keys_affected_by_crew(crew_id, agent_ids))
 
     def scan_keys(self, pattern, batch=500):
         """Yield lists of keys matching ``pattern`` (SCAN, on every primary of a Cluster)."""
-        if self.client is None or not self.breaker.allow():
+        if not self.breaker.allow():
             raise CacheUnavailable("breaker open")
         chunk = []
         try:
@@ -128,11 +118,9 @@ class Invalidation:
     def invalidate_all_metadata(self, batch=500):
         """Delete every metadata and stats document, SCAN in batches (never KEYS or FLUSHDB)."""
         deleted = 0
-        patterns = (
-            f"{self.prefix}metadata:*",
-            f"{self.prefix}stats:popular_crews",
-            f"{self.prefix}stats:leaderboard:*",
-        )
+        # One pattern per key family (a crew's pattern covers its agents list).
+        patterns = list(dict.fromkeys(t.pattern(self.prefix) for t in DOCUMENT_TYPES.values()))
+        patterns = [p for p in patterns if not any(p != q and _covers(q, p) for q in patterns)]
         try:
             for pattern in patterns:
                 for keys in self.scan_keys(pattern, batch):
@@ -141,3 +129,8 @@ class Invalidation:
         except CacheUnavailable:
             pass
         return deleted
+
+
+def _covers(pattern, other):
+    """Whether every key ``other`` matches is matched by ``pattern`` (``head*`` only)."""
+    return pattern.endswith("*") and other.startswith(pattern[:-1])

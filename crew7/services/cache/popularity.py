@@ -3,7 +3,7 @@
 import threading
 
 from crew7.services.cache.client import CacheUnavailable
-from crew7.services.cache.documents import NULL
+from crew7.services.cache.documents import NOT_FOUND
 
 # Popularity: a view is counted only for a document that exists and is public (never for
 # the negative entry of an unknown or private id, which anyone can ask for). The set holds
@@ -11,7 +11,7 @@ from crew7.services.cache.documents import NULL
 # crew not in a full set takes the place of the least viewed one and inherits its count
 # plus its own views, so the set stays bounded, a newcomer can still rise, and every
 # crew viewed more than total/keep times is in it.
-_COUNT_VIEW = """
+COUNT_VIEW = """
 local function count_view(views, member, n, keep)
   if redis.call('ZSCORE', views, member) or redis.call('ZCARD', views) < keep then
     redis.call('ZINCRBY', views, n, member)
@@ -22,9 +22,6 @@ local function count_view(views, member, n, keep)
   redis.call('ZADD', views, tonumber(least[2]) + n, member)
 end
 """
-
-# KEYS: doc, fence[, views]  ARGV: [member, keep]
-# -> {1, value, pttl} on a hit, {0} on a miss
 
 
 class ViewBuffer:
@@ -55,7 +52,7 @@ class ViewBuffer:
         def run():
             service = self.service
             for member, n in counts.items():
-                service._evalsha(
+                service.scripts.run(
                     "view", [service.views_key()], [member, service.popularity_size, n]
                 )
 
@@ -79,16 +76,13 @@ class Popularity:
             except CacheUnavailable:
                 return None
             for member, value in zip(members, values, strict=True):
-                if value is not None and value != NULL:
+                if value is not None and value != NOT_FOUND:
                     self.views.add(member)
             return values
 
         try:
-            return self._call(
-                self._evalsha,
-                "batch_read",
-                [*keys, self.views_key()],
-                [self.popularity_size, *members],
+            return self._run(
+                "batch_read", [*keys, self.views_key()], [self.popularity_size, *members]
             )
         except CacheUnavailable:
             return None
@@ -99,13 +93,13 @@ class Popularity:
             self.views.add(member)
             return
         try:
-            self._call(self._evalsha, "view", [self.views_key()], [member, self.popularity_size, 1])
+            self._run("view", [self.views_key()], [member, self.popularity_size, 1])
         except CacheUnavailable:
             pass  # popularity is best effort
 
     def forget_views(self, members):
         """Drop deleted crews from the popularity set."""
-        if not members or self.client is None:
+        if not members:
             return
         try:
             self._call(self.client.zrem, self.views_key(), *members)
@@ -121,7 +115,7 @@ class Popularity:
                 self.views.add(member)
             return
         try:
-            self._call(self._evalsha, "views", [self.views_key()], [self.popularity_size, *members])
+            self._run("views", [self.views_key()], [self.popularity_size, *members])
         except CacheUnavailable:
             pass  # popularity is best effort
 

@@ -6,10 +6,8 @@ import os
 import random
 import time
 
-from flask import after_this_request, current_app, has_request_context
-
 from crew7.services.cache.client import CacheUnavailable
-from crew7.services.cache.documents import NULL
+from crew7.services.cache.documents import NOT_FOUND
 from crew7.services.cache.scripts import _fence_token, _lock_token, _text
 
 log = logging.getLogger("crew7.services.cache")
@@ -19,7 +17,7 @@ class ReadThrough:
     """The service's read-through methods."""
 
     def read_through(self, family, key, compute, count_view=None, ttl=None):
-        """Return ``(bytes, hit)`` for ``key``, computing it with ``compute()`` on a miss.
+        """The stored bytes of ``key``, computed with ``compute()`` on a miss.
 
         ``compute`` returns the document's JSON bytes, or None when the id is unknown
         or private (cached briefly as ``null``). Exactly one caller computes a cold key;
@@ -29,7 +27,7 @@ class ReadThrough:
         """
         if not self.enabled:
             self.counters.record(family, "bypass")
-            return self._compute(family, compute), False
+            return self._compute(family, compute)
         fence_key = self.fence_key(key)
         keys = [key, fence_key]
         args = ()
@@ -37,23 +35,23 @@ class ReadThrough:
             keys.append(self.views_key())
             args = (count_view, self.popularity_size)
         try:
-            reply = self._call(self._evalsha, "read", keys, args)
+            reply = self._call(self.scripts.run, "read", keys, args)  # not _run: one frame less
         except CacheUnavailable:
             self.counters.record(family, "bypass")
-            return self._compute(family, compute), False
+            return self._compute(family, compute)
         if reply[0] == 1:
             value, pttl = reply[1], reply[2]
             self.counters.record(family, "hit")
-            if self.views is not None and count_view is not None and value != NULL:
+            if self.views is not None and count_view is not None and value != NOT_FOUND:
                 self.views.add(count_view)
             if self._should_refresh_early(family, pttl):
                 self._schedule_early_refresh(family, key, compute, ttl)
-            return value, True
+            return value
         self.counters.record(family, "miss")
         value = self._fill(family, key, compute, ttl)
-        if count_view is not None and value != NULL:
+        if count_view is not None and value != NOT_FOUND:
             self.count_view(count_view)
-        return value, False
+        return value
 
     def warm(self, family, key, compute, ttl=None):
         """Fill ``key`` unless it is cached: ``(bytes, outcome)``, outcome one of
@@ -79,12 +77,12 @@ class ReadThrough:
             raise
         if ttl is None:
             ttl = self.ttl[family]
-        stored = self._call(
-            self._scripts["fill"],
-            keys=[key, self.fence_key(key), lock_key],
-            args=[value, int((self.negative_ttl if value == NULL else ttl) * 1000), fence, token],
+        stored = self._run(
+            "fill",
+            [key, self.fence_key(key), lock_key],
+            [value, int((self.negative_ttl if value == NOT_FOUND else ttl) * 1000), fence, token],
         )
-        if value == NULL:
+        if value == NOT_FOUND:
             return value, "unknown"
         if not stored:
             self.counters.record(family, "fill_rejected")
@@ -118,7 +116,7 @@ class ReadThrough:
             stored = self._fill_many(computed, mine, token, ttl)
             for key, value in computed.items():
                 values[key] = value
-                if value == NULL:
+                if value == NOT_FOUND:
                     outcomes[key] = "unknown"
                 elif stored[key]:
                     outcomes[key] = "stored"
@@ -129,7 +127,7 @@ class ReadThrough:
             self.counters.record(family, "wait")
             value = self._wait_for(key, self.lock_key(key), time.monotonic() + self.wait_max)
             if value is None:  # the holder stored nothing in time: compute it here
-                value = compute_many([key]).get(key) or NULL
+                value = compute_many([key]).get(key) or NOT_FOUND
             values[key], outcomes[key] = value, "present"
         return values, outcomes
 
@@ -138,11 +136,7 @@ class ReadThrough:
             return [self._acquire(key, token) for key in keys]
         triples = [k for key in keys for k in (key, self.lock_key(key), self.fence_key(key))]
         fences = [_fence_token() for _ in keys]
-        return self._call(
-            self._scripts["acquire_many"],
-            keys=triples,
-            args=[token, self.lease_ms, self.FENCE_TTL, *fences],
-        )
+        return self._run("acquire_many", triples, [token, self.lease_ms, self.FENCE_TTL, *fences])
 
     def _compute_many(self, family, keys, compute_many, token):
         started = time.perf_counter()
@@ -161,19 +155,19 @@ class ReadThrough:
                 log.info("cache compute key=%s pid=%d ms=%.1f", key, os.getpid(), elapsed * 1000)
         if self.fill_delay:
             time.sleep(self.fill_delay)  # fault injection: widen the race window
-        return {key: documents.get(key) or NULL for key in keys}
+        return {key: documents.get(key) or NOT_FOUND for key in keys}
 
     def _fill_many(self, computed, fences, token, ttl):
         def ttl_ms(value):
-            return int((self.negative_ttl if value == NULL else ttl) * 1000)
+            return int((self.negative_ttl if value == NOT_FOUND else ttl) * 1000)
 
         if self.cluster:
             return {
                 key: bool(
-                    self._call(
-                        self._scripts["fill"],
-                        keys=[key, self.fence_key(key), self.lock_key(key)],
-                        args=[value, ttl_ms(value), fences[key], token],
+                    self._run(
+                        "fill",
+                        [key, self.fence_key(key), self.lock_key(key)],
+                        [value, ttl_ms(value), fences[key], token],
                     )
                 )
                 for key, value in computed.items()
@@ -182,14 +176,14 @@ class ReadThrough:
         for key, value in computed.items():
             triples += [key, self.lock_key(key), self.fence_key(key)]
             args += [value, ttl_ms(value), fences[key]]
-        stored = self._call(self._scripts["fill_many"], keys=triples, args=args)
+        stored = self._run("fill_many", triples, args)
         return dict(zip(computed, (bool(s) for s in stored), strict=True))
 
     def _acquire(self, key, token):
-        return self._call(
-            self._scripts["acquire"],
-            keys=[key, self.lock_key(key), self.fence_key(key)],
-            args=[token, self.lease_ms, _fence_token(), self.FENCE_TTL],
+        return self._run(
+            "acquire",
+            [key, self.lock_key(key), self.fence_key(key)],
+            [token, self.lease_ms, _fence_token(), self.FENCE_TTL],
         )
 
     def _fill(self, family, key, compute, ttl=None):
@@ -227,7 +221,7 @@ class ReadThrough:
                 # The lock first, then the value: the holder stores the value and releases
                 # the lock atomically, so "no lock, then no value" means it stored nothing.
                 # (The other order can fall between the two and compute a second time.)
-                locked, value = self._call(self._scripts["peek"], keys=[lock_key, key])
+                locked, value = self._run("peek", [lock_key, key])
             except CacheUnavailable:
                 return None
             if value is not None:
@@ -248,7 +242,7 @@ class ReadThrough:
         self._delta[family] = 0.8 * self._delta[family] + 0.2 * elapsed
         if self.trace:
             log.info("cache compute key=%s pid=%d ms=%.1f", key, os.getpid(), elapsed * 1000)
-        return NULL if document is None else document
+        return NOT_FOUND if document is None else document
 
     def _compute_and_store(self, family, key, compute, fence, token, ttl=None):
         try:
@@ -258,15 +252,15 @@ class ReadThrough:
         except BaseException:
             self._release(self.lock_key(key), token)
             raise
-        if value == NULL:
+        if value == NOT_FOUND:
             ttl = self.negative_ttl
         elif ttl is None:
             ttl = self.ttl[family]
         try:
-            stored = self._call(
-                self._scripts["fill"],
-                keys=[key, self.fence_key(key), self.lock_key(key)],
-                args=[value, int(ttl * 1000), fence, token],
+            stored = self._run(
+                "fill",
+                [key, self.fence_key(key), self.lock_key(key)],
+                [value, int(ttl * 1000), fence, token],
             )
             if not stored:
                 self.counters.record(family, "fill_rejected")
@@ -278,7 +272,7 @@ class ReadThrough:
 
     def _release(self, lock_key, token):
         try:
-            self._call(self._scripts["release"], keys=[lock_key], args=[token])
+            self._run("release", [lock_key], [token])
         except CacheUnavailable:
             pass
 
@@ -298,36 +292,24 @@ class ReadThrough:
 
     def _schedule_early_refresh(self, family, key, compute, ttl=None):
         """Refresh after the response is sent, so no client waits on the computation."""
-        if not has_request_context():
-            self._refresh_early(family, key, compute, ttl)
-            return
-        app = current_app._get_current_object()
 
         def refresh():
-            with app.app_context():
-                try:
-                    self._refresh_early(family, key, compute, ttl)
-                except Exception:
-                    log.exception("early refresh of %s failed", key)
-                finally:
-                    from crew7.extensions import db
+            try:
+                self._refresh_early(family, key, compute, ttl)
+            except Exception:
+                log.exception("early refresh of %s failed", key)
 
-                    db.session.remove()
-
-        @after_this_request
-        def register(response):
-            response.call_on_close(refresh)
-            return response
+        self.defer(refresh)
 
     def _refresh_early(self, family, key, compute, ttl=None):
         """Recompute a hot key before it expires; only the lock holder does it."""
         lock_key = self.lock_key(key)
         token = _lock_token()
         try:
-            fence = self._call(
-                self._scripts["lease"],
-                keys=[lock_key, self.fence_key(key)],
-                args=[token, self.lease_ms, _fence_token(), self.FENCE_TTL],
+            fence = self._run(
+                "lease",
+                [lock_key, self.fence_key(key)],
+                [token, self.lease_ms, _fence_token(), self.FENCE_TTL],
             )
         except CacheUnavailable:
             return

@@ -1,13 +1,18 @@
-"""The Lua scripts of the read-through, invalidation and single-flight lock."""
+"""The Lua scripts of the read-through, the fences, the single-flight lock and
+invalidation, and the one way they are called (``Scripts.run``)."""
 
 import os
 import time
 import uuid
 
-from crew7.services.cache.popularity import _COUNT_VIEW
+import redis
 
+from crew7.services.cache.popularity import COUNT_VIEW
+
+# KEYS: doc, fence[, views]  ARGV: [member, keep]
+# -> {1, value, pttl} on a hit, {0} on a miss
 _READ = (
-    _COUNT_VIEW
+    COUNT_VIEW
     + """
 local v = redis.call('GET', KEYS[1])
 if v then
@@ -21,7 +26,7 @@ return {0}
 # KEYS: views  ARGV: member, keep, n: n views of a public document (a miss's, or a
 # Cluster's buffered ones).
 _VIEW = (
-    _COUNT_VIEW
+    COUNT_VIEW
     + """
 count_view(KEYS[1], ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[2]))
 return 1
@@ -94,7 +99,7 @@ return redis.call('DEL', KEYS[1])
 # view of each one found: a batch of 100 in one command, rather than an MGET and 100
 # ZINCRBYs. The caller passes each id once.
 _BATCH_READ = (
-    _COUNT_VIEW
+    COUNT_VIEW
     + """
 local docs = redis.call('MGET', unpack(KEYS, 1, #KEYS - 1))
 local keep = tonumber(ARGV[1])
@@ -147,7 +152,7 @@ return out
 
 # KEYS: views  ARGV: keep, members...: a view of each (the misses of a batch).
 _VIEWS = (
-    _COUNT_VIEW
+    COUNT_VIEW
     + """
 for i = 2, #ARGV do count_view(KEYS[1], ARGV[i], 1, tonumber(ARGV[1])) end
 return #ARGV - 1
@@ -163,6 +168,47 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+SOURCES = {
+    "read": _READ,
+    "view": _VIEW,
+    "fill": _FILL,
+    "acquire": _ACQUIRE,
+    "lease": _LEASE,
+    "invalidate": _INVALIDATE,
+    "release": _RELEASE,
+    "peek": _PEEK,
+    "batch_read": _BATCH_READ,
+    "acquire_many": _ACQUIRE_MANY,
+    "fill_many": _FILL_MANY,
+    "views": _VIEWS,
+}
+
+
+class Scripts:
+    """The scripts registered on a client, called by name."""
+
+    def __init__(self, client):
+        self.client = client
+        self._scripts = {name: client.register_script(src) for name, src in SOURCES.items()}
+
+    def run(self, name, keys, args=(), pipeline=None):
+        """EVALSHA straight through the client (the hot path): redis-py's Script wrapper
+        costs more than the round trip's own parsing. A Redis that lost its scripts
+        (restart, SCRIPT FLUSH) gets the script loaded again. In a ``pipeline`` the
+        wrapper is used: it loads the script before the pipeline runs."""
+        script = self._scripts[name]
+        if pipeline is not None:
+            return script(keys=keys, args=args, client=pipeline)
+        try:
+            return self.client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            return script(keys=keys, args=args)
+
+    def wrapper(self, name):
+        """redis-py's Script object of ``name`` (for comparisons in benchmarks)."""
+        return self._scripts[name]
 
 
 def _fence_token():

@@ -1,43 +1,53 @@
-"""CacheService: the Redis client, keys, guarded calls and what operators see."""
+"""CacheService: one object per app over its Redis client: settings, keys, guarded calls,
+and what operators see. Its read-through, invalidation and popularity methods live in
+the modules of those names."""
 
-import json
 import threading
 
 import redis
-import redis.cluster
-from flask import current_app
 
 from crew7.services.cache.breaker import CircuitBreaker
-from crew7.services.cache.client import REDIS_ERRORS, CacheUnavailable
+from crew7.services.cache.client import (
+    REDIS_ERRORS,
+    CacheSetupError,
+    CacheUnavailable,
+    is_redis_client,
+)
 from crew7.services.cache.counters import Counters
-from crew7.services.cache.documents import AGENT, CREW, CREW_AGENTS, LEADERBOARD_TYPES, STATS
+from crew7.services.cache.documents import (
+    DOCUMENT_TYPES,
+    FAMILIES,
+    LEADERBOARD_TYPES,
+    STATS,
+    VIEWS_KEY,
+)
 from crew7.services.cache.invalidation import Invalidation
 from crew7.services.cache.popularity import Popularity, ViewBuffer
 from crew7.services.cache.read_through import ReadThrough
-from crew7.services.cache.scripts import (
-    _ACQUIRE,
-    _ACQUIRE_MANY,
-    _BATCH_READ,
-    _FILL,
-    _FILL_MANY,
-    _INVALIDATE,
-    _LEASE,
-    _PEEK,
-    _READ,
-    _RELEASE,
-    _VIEW,
-    _VIEWS,
-)
+from crew7.services.cache.scripts import Scripts
+
+
+def run_inline(fn):
+    """The default ``defer``: run now (no response to wait for)."""
+    fn()
 
 
 class CacheService(ReadThrough, Invalidation, Popularity):
-    """Read-through cache of metadata documents and stats over Flask-Caching's Redis client."""
+    """Read-through cache of metadata documents and stats over the app's Redis client.
+
+    ``metrics`` holds the Prometheus counters (``cache_events``, ``redis_errors``,
+    ``breaker_open``); ``defer(fn)`` runs ``fn`` once the response is sent (an early
+    refresh): both are handed in by the app, which owns requests and the database session.
+    """
 
     FENCE_TTL = 86400
 
-    def __init__(self, client, config, prefix=""):
+    def __init__(self, client, config, prefix="", *, metrics=None, defer=run_inline):
+        if not is_redis_client(client):
+            raise CacheSetupError(f"no Redis client for the metadata cache (got {client!r})")
         self.client = client
         self.prefix = prefix or ""
+        self.defer = defer
         self.enabled = config["METADATA_CACHE_ENABLED"]
         self.lease_ms = int(config["CACHE_LOCK_LEASE"] * 1000)
         self.wait_max = config["CACHE_WAIT_MAX"]
@@ -45,17 +55,14 @@ class CacheService(ReadThrough, Invalidation, Popularity):
         self.xfetch_beta = config["XFETCH_BETA"]
         self.fill_delay = config["CACHE_FILL_DELAY"]
         self.trace = config["CACHE_TRACE"]
-        self.ttl = {
-            CREW: config["METADATA_TTL"],
-            AGENT: config["METADATA_TTL"],
-            CREW_AGENTS: config["METADATA_TTL"],
-            STATS: config["STATS_TTL"],
-        }
-        self.popular_ttl = config["POPULAR_CREWS_TTL"]
-        self.stats_ttl = config["STATS_TTL"]
+        # A family's default TTL; a document type with its own (popular crews) passes it.
+        self.ttl = {family: config[spec.ttl_setting] for family, spec in FAMILIES.items()}
+        self.ttl_of = {t.name: config[t.ttl_setting] for t in DOCUMENT_TYPES.values()}
+        self.popular_ttl = self.ttl_of["popular_crews"]
+        self.stats_ttl = self.ttl_of["leaderboard"]
         self.negative_ttl = config["NEGATIVE_TTL"]
         self.popularity_size = config["POPULARITY_SIZE"]
-        self.counters = Counters()
+        self.counters = Counters(metrics)
         self.counters.window.configure(
             config["HIT_RATE_WINDOW"],
             config["HIT_RATE_ALERT_THRESHOLD"],
@@ -65,67 +72,63 @@ class CacheService(ReadThrough, Invalidation, Popularity):
         self._pending_lock = threading.Lock()
         self._retry_timer = None
         self.breaker = CircuitBreaker(
-            config["BREAKER_THRESHOLD"], config["BREAKER_COOLDOWN"], self._flush_pending
+            config["BREAKER_THRESHOLD"],
+            config["BREAKER_COOLDOWN"],
+            self._flush_pending,
+            gauge=None if metrics is None else metrics.breaker_open,
         )
         # Seconds a computation of each family took (moving average): XFetch's delta.
-        self._delta = {CREW: 0.01, AGENT: 0.005, CREW_AGENTS: 0.01, STATS: 0.05}
+        self._delta = {family: spec.compute_estimate for family, spec in FAMILIES.items()}
         self.cluster = isinstance(client, redis.cluster.RedisCluster)
         # On a Cluster the views sorted set lives in another slot than the document, so
         # the hit's script cannot count the view: views are buffered and flushed apart.
         self.views = ViewBuffer(self) if self.cluster else None
-        self._scripts = {}
-        if client is not None:
-            self._scripts = {
-                "read": client.register_script(_READ),
-                "view": client.register_script(_VIEW),
-                "fill": client.register_script(_FILL),
-                "acquire": client.register_script(_ACQUIRE),
-                "lease": client.register_script(_LEASE),
-                "invalidate": client.register_script(_INVALIDATE),
-                "release": client.register_script(_RELEASE),
-                "peek": client.register_script(_PEEK),
-                "batch_read": client.register_script(_BATCH_READ),
-                "acquire_many": client.register_script(_ACQUIRE_MANY),
-                "fill_many": client.register_script(_FILL_MANY),
-                "views": client.register_script(_VIEWS),
-            }
+        self.scripts = Scripts(client)
+        # Keys, from the registry (instance attributes: as cheap to call as methods).
+        key = {name: t.key_function(self.prefix) for name, t in DOCUMENT_TYPES.items()}
+        self.crew_key = key["crew"]
+        self.agent_key = key["agent"]
+        self.crew_agents_key = key["crew_agents"]
+        self.popular_key = key["popular_crews"]
+        self.leaderboard_key = key["leaderboard"]
+        self._views_key = self.prefix + VIEWS_KEY
+        self._fence_head = self.prefix + "fence:{"
+        self._lock_head = self.prefix + "lock:{"
 
     @classmethod
-    def from_app(cls, app):
-        backend = app.extensions["cache"][next(iter(app.extensions["cache"]))]
-        client = getattr(backend, "_write_client", None)
-        return cls(client, app.config, getattr(backend, "key_prefix", ""))
+    def from_app(cls, app, *, metrics=None, defer=run_inline):
+        """The service on the client Flask-Caching was configured with (``CACHE_REDIS_HOST``);
+        raises CacheSetupError when there is none."""
+        return cls(
+            app.config.get("CACHE_REDIS_HOST"),
+            app.config,
+            app.config.get("CACHE_KEY_PREFIX") or "",
+            metrics=metrics,
+            defer=defer,
+        )
 
     # -- keys -----------------------------------------------------------------
-    def crew_key(self, crew_id):
-        return f"{self.prefix}metadata:crew:{crew_id}"
-
-    def agent_key(self, agent_id):
-        return f"{self.prefix}metadata:agent:{agent_id}"
-
-    def crew_agents_key(self, crew_id):
-        return f"{self.prefix}metadata:crew:{crew_id}:agents"
-
-    def popular_key(self):
-        return f"{self.prefix}stats:popular_crews"
-
-    def leaderboard_key(self, kind):
-        return f"{self.prefix}stats:leaderboard:{kind}"
-
     def views_key(self):
-        return f"{self.prefix}stats:crew_views"
+        return self._views_key
 
     # The fence and lock of a document carry its full key as a hash tag, so on a Cluster
     # they live in the document's slot and one script can touch all three.
     def fence_key(self, key):
-        return f"{self.prefix}fence:{{{key}}}"
+        return f"{self._fence_head}{key}}}"
 
     def lock_key(self, key):
-        return f"{self.prefix}lock:{{{key}}}"
+        return f"{self._lock_head}{key}}}"
+
+    def warming_key(self, deployment):
+        return f"{self.prefix}warming:{deployment}"
+
+    def stats_keys(self):
+        """The stats documents that name crews: popular crews and the leaderboards."""
+        return [self.popular_key()] + [self.leaderboard_key(k) for k in LEADERBOARD_TYPES]
 
     # -- guarded Redis access ---------------------------------------------------
     def _call(self, fn, *args, **kwargs):
-        if self.client is None or not self.breaker.allow():
+        if not self.breaker.allow():
             raise CacheUnavailable("breaker open")
         try:
             if self._pending and not self._flush_pending():
@@ -140,15 +143,9 @@ class CacheService(ReadThrough, Invalidation, Popularity):
         self.breaker.success()
         return result
 
-    def _evalsha(self, name, keys, args=()):
-        """EVALSHA straight through the client (the hot path): redis-py's Script wrapper
-        costs more than the round trip's own parsing. A Redis that lost its scripts
-        (restart, SCRIPT FLUSH) gets the script loaded again."""
-        script = self._scripts[name]
-        try:
-            return self.client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:
-            return script(keys=keys, args=args)
+    def _run(self, name, keys, args=()):
+        """One of the scripts, guarded by the breaker."""
+        return self._call(self.scripts.run, name, keys, args)
 
     # -- plain operations -------------------------------------------------------
     def get(self, key):
@@ -158,94 +155,28 @@ class CacheService(ReadThrough, Invalidation, Popularity):
         except CacheUnavailable:
             return None
 
-    def set(self, key, value, ttl):
-        try:
-            return bool(self._call(self.client.set, key, _as_bytes(value), ex=ttl))
-        except CacheUnavailable:
-            return False
+    def record(self, family, event, n=1):
+        """Count ``n`` cache events of ``family`` (lookups a caller answered itself)."""
+        self.counters.record(family, event, n)
 
-    def delete(self, *keys):
-        if not keys:
-            return 0
-        try:
-            return self._call(self.client.delete, *keys)
-        except CacheUnavailable:
-            return 0
-
-    def exists(self, key):
-        try:
-            return bool(self._call(self.client.exists, key))
-        except CacheUnavailable:
-            return False
-
-    def get_many(self, keys):
-        """One MGET: a list of bytes-or-None in the order of ``keys``."""
-        if not keys:
-            return []
-        try:
-            if self.cluster:
-                return self._call(self.client.mget_nonatomic, keys)
-            return self._call(self.client.mget, keys)
-        except CacheUnavailable:
-            return [None] * len(keys)
-
-    def set_many(self, mapping, ttl):
-        """Store many values in one pipelined round trip."""
-        if not mapping:
-            return True
-
-        def run():
-            pipe = self.client.pipeline(transaction=False)
-            for key, value in mapping.items():
-                pipe.set(key, _as_bytes(value), ex=ttl)
-            return pipe.execute()
-
-        try:
-            self._call(run)
-            return True
-        except CacheUnavailable:
-            return False
+    def get_unguarded(self, key):
+        """One bare GET, outside the breaker: the benchmark's reference hit."""
+        return self.client.get(key)
 
     def claim(self, key, value, ttl):
         """SET NX with a TTL in seconds: True for the one caller that set it."""
         return bool(self._call(self.client.set, key, value, nx=True, ex=ttl))
 
-    # -- typed getters and setters ------------------------------------------------
-    def get_crew_metadata(self, crew_id):
-        return self.get(self.crew_key(crew_id))
-
-    def set_crew_metadata(self, crew_id, document):
-        return self.set(self.crew_key(crew_id), document, self.ttl[CREW])
-
-    def get_agent_metadata(self, agent_id):
-        return self.get(self.agent_key(agent_id))
-
-    def set_agent_metadata(self, agent_id, document):
-        return self.set(self.agent_key(agent_id), document, self.ttl[AGENT])
-
-    def get_crew_agents_metadata(self, crew_id):
-        return self.get(self.crew_agents_key(crew_id))
-
-    def set_crew_agents_metadata(self, crew_id, documents):
-        return self.set(self.crew_agents_key(crew_id), documents, self.ttl[CREW_AGENTS])
-
-    def get_many_crew_metadata(self, crew_ids):
-        return self.get_many([self.crew_key(c) for c in crew_ids])
-
     def stats_read_through(self, key, ttl, compute):
         """The stats documents, fenced and single-flight like the metadata documents, so
         a crew made private or deleted leaves them with the write's invalidation."""
-        return self.read_through(STATS, key, compute, ttl=ttl)[0]
-
-    def stats_keys(self):
-        """The stats documents that name crews: popular crews and the leaderboards."""
-        return [self.popular_key()] + [self.leaderboard_key(k) for k in LEADERBOARD_TYPES]
+        return self.read_through(STATS, key, compute, ttl=ttl)
 
     def info(self):
         """Keys per family and memory used, for operators (SCAN, never KEYS)."""
         families = {
-            "crew": f"{self.prefix}metadata:crew:*",
-            "agent": f"{self.prefix}metadata:agent:*",
+            "crew": DOCUMENT_TYPES["crew"].pattern(self.prefix),
+            "agent": DOCUMENT_TYPES["agent"].pattern(self.prefix),
             "stats": f"{self.prefix}stats:*",
         }
         out = {"keys": {}, "memory_used": None, "available": True}
@@ -277,23 +208,18 @@ class CacheService(ReadThrough, Invalidation, Popularity):
         out["process_counters"] = self.counters.as_dict()
         return out
 
+    def window_hit_rate(self):
+        """``(rate or None, lookups, seconds)`` over this process's sliding window."""
+        rate, lookups = self.counters.window.rate()
+        return rate, lookups, self.counters.window.seconds
+
     def ping(self):
-        if self.client is None:
-            return False
         try:
             return bool(self.client.ping())
         except REDIS_ERRORS:
             return False
 
 
-def _as_bytes(value):
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode()
-    return json.dumps(value, separators=(",", ":")).encode()
-
-
-def get_cache_service(app=None):
+def get_cache_service(app):
     """The app's CacheService."""
-    return (app or current_app).extensions["crew7.cache"]
+    return app.extensions["crew7.cache"]
