@@ -53,45 +53,11 @@ class ReadThrough:
             self.count_view(count_view)
         return value
 
-    def warm(self, family, key, compute, ttl=None):
-        """Fill ``key`` unless it is cached: ``(bytes, outcome)``, outcome one of
-        ``"present"`` (already cached, or being filled by another process), ``"stored"``,
-        ``"refused"`` (an invalidation raced the fill) or ``"unknown"`` (null: the id is
-        unknown or private; remembered briefly like any miss).
-
-        Raises CacheUnavailable when Redis cannot be reached, so a caller can tell
-        "stored" from "answered without the cache".
-        """
-        lock_key = self.lock_key(key)
-        token = _lock_token()
-        reply = self._acquire(key, token)
-        if reply[0] == 1:
-            return reply[1], "present"
-        if reply[0] == 0:
-            return None, "present"
-        fence = _text(reply[1])
-        try:
-            value = self._compute(family, compute, key)
-        except BaseException:
-            self._release(lock_key, token)
-            raise
-        if ttl is None:
-            ttl = self.ttl[family]
-        stored = self._run(
-            "fill",
-            [key, self.fence_key(key), lock_key],
-            [value, int((self.negative_ttl if value == NOT_FOUND else ttl) * 1000), fence, token],
-        )
-        if value == NOT_FOUND:
-            return value, "unknown"
-        if not stored:
-            self.counters.record(family, "fill_rejected")
-            return value, "refused"
-        return value, "stored"
-
     def fill_many(self, family, keys, compute_many, ttl=None):
         """Documents for many keys that missed, computed together: ``(values, outcomes)``,
-        dicts by key. Outcomes are those of ``warm``.
+        dicts by key. An outcome is ``"present"`` (already cached, or filled by another
+        process), ``"stored"``, ``"refused"`` (an invalidation raced the fill) or
+        ``"unknown"`` (null: the id is unknown or private; remembered briefly like any miss).
 
         The keys this process locks are computed by one call of ``compute_many(keys)``
         (a dict by key of bytes, or None for unknown or private) and filled in one round

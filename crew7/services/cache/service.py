@@ -85,7 +85,9 @@ class CacheService(ReadThrough, Invalidation, Popularity):
         self.views = ViewBuffer(self) if self.cluster else None
         self.scripts = Scripts(client)
         # Keys, from the registry (instance attributes: as cheap to call as methods).
-        key = {name: t.key_function(self.prefix) for name, t in DOCUMENT_TYPES.items()}
+        self.key_of = key = {
+            name: t.key_function(self.prefix) for name, t in DOCUMENT_TYPES.items()
+        }
         self.crew_key = key["crew"]
         self.agent_key = key["agent"]
         self.crew_agents_key = key["crew_agents"]
