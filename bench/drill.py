@@ -55,6 +55,8 @@ from common import (  # noqa: E402
 )
 from loadgen import percentile, run_fixed_rate  # noqa: E402
 
+from crew7.services.cache import document_key  # noqa: E402
+
 WARM_CREWS = 200
 COLD_CREWS = 9000
 # A drill whose pre-fault phase is already slow (the machine is shared) is run again, at
@@ -88,6 +90,7 @@ _METRIC = re.compile(
     r"^crew7_cache_events_total\{(?P<labels>[^}]*)\}\s+(?P<value>[0-9.eE+-]+)$", re.M
 )
 _COMPUTE = re.compile(r"cache compute key=(\S+)")
+_CREW_KEY = re.compile(r"\S*" + re.escape(document_key("crew", "")) + r"(\d+)")
 
 
 def read_cache_counters(port):
@@ -136,7 +139,7 @@ class Observer(threading.Thread):
             self._offset += len(text[:cut].encode("utf-8"))
             warm = cold = unkeyed = 0
             for key in _COMPUTE.findall(text[:cut]):
-                crew = re.fullmatch(r"\S*metadata:crew:(\d+)", key)
+                crew = _CREW_KEY.fullmatch(key)
                 if crew is None:
                     unkeyed += key == "None"
                 elif crew.group(1) in self.warm_ids:
@@ -202,12 +205,12 @@ class Drill:
             if resp.status != 200:
                 raise RuntimeError(f"warming: HTTP {resp.status}")
         present = sum(
-            v is not None for v in self.redis.mget([f"metadata:crew:{i}" for i in self.warm_ids])
+            v is not None for v in self.redis.mget([document_key("crew", i) for i in self.warm_ids])
         )
         return present
 
     def cold_cached(self, ids):
-        return sum(v is not None for v in self.redis.mget([f"metadata:crew:{i}" for i in ids]))
+        return sum(v is not None for v in self.redis.mget([document_key("crew", i) for i in ids]))
 
     # -- running ----------------------------------------------------------------------
     def run(self, name):

@@ -60,6 +60,8 @@ from common import (  # noqa: E402
 )
 from loadgen import run_fixed_rate, summarize_latencies  # noqa: E402
 
+from crew7.services.cache import document_key  # noqa: E402
+
 SCALES = {
     "full": {
         "crews": 1000,
@@ -301,7 +303,7 @@ class Bench:
 
     # -- cache state ----------------------------------------------------------------
     def keys_present(self):
-        keys = [f"metadata:crew:{i}" for i in self.hit_ids]
+        keys = [document_key("crew", i) for i in self.hit_ids]
         present = 0
         for start in range(0, len(keys), 1000):
             present += sum(v is not None for v in self.redis.mget(keys[start : start + 1000]))
@@ -437,7 +439,7 @@ class Bench:
     # -- cold-key burst --------------------------------------------------------------
     def burst(self, crew_id):
         flask_cli(self.env, "cache-clear", "--crew", str(crew_id), timeout=120)
-        if self.redis.exists(f"metadata:crew:{crew_id}"):
+        if self.redis.exists(document_key("crew", crew_id)):
             raise RuntimeError(f"crew {crew_id} still cached after cache-clear")
         port = self.hits_srv.port
         path = f"/metadata/crew/{crew_id}"
@@ -465,7 +467,7 @@ class Bench:
         wall = time.perf_counter() - started
         time.sleep(0.5)  # let the workers' log lines land
         text = self.hits_srv.log_since(offset)
-        key_re = rf"cache compute key=\S*metadata:crew:{crew_id}(?![\d:])"
+        key_re = rf"cache compute key=\S*{re.escape(document_key('crew', crew_id))}(?![\d:])"
         statuses = {}
         for status, _, _ in results:
             statuses[str(status)] = statuses.get(str(status), 0) + 1

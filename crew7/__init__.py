@@ -51,9 +51,11 @@ def load_config(app, test_config):
         app.config["SQLALCHEMY_DATABASE_URI"]
     )
     validate_config(app.config)
-    from crew7.services.cache import flask_caching_config
+    from crew7.services.cache import document_type_problems
 
-    app.config.update(flask_caching_config(app.config))
+    problems = document_type_problems(app.config)
+    if problems:
+        raise ConfigError("invalid cache document types: " + "; ".join(problems))
 
 
 def configure_logging(app):
@@ -114,7 +116,7 @@ def register_extensions(app):
     db.init_app(app)
     replace_session_teardown(app, db)
     migrate.init_app(app, db, directory=_MIGRATIONS)
-    cache.init_app(app)
+    register_cache(app, cache)
     # The Api holds this app's OpenAPI document, so each app has its own.
     api = app.extensions["crew7.api"] = CrewApi(app)
     api.register_converter(
@@ -126,9 +128,45 @@ def register_extensions(app):
     api.spec.components.security_scheme(
         "bearerAuth", {"type": "http", "scheme": "bearer", "description": "API token"}
     )
-    from crew7.services.cache import CacheService
 
-    app.extensions["crew7.cache"] = CacheService.from_app(app)
+
+def register_cache(app, cache):
+    """One Redis client for Flask-Caching and the metadata cache, which gets from the app
+    what it must not import: the Prometheus counters, and a way to run work after the
+    response. Fails here, naming the problem, when there is no client."""
+    from crew7.services import metrics
+    from crew7.services.cache import CacheService, connect, flask_caching_config
+
+    app.config.update(flask_caching_config(app.config, connect(app.config)))
+    cache.init_app(app)
+    app.extensions["crew7.cache"] = CacheService.from_app(
+        app, metrics=metrics, defer=run_after_response
+    )
+
+
+def run_after_response(fn):
+    """Run ``fn`` once the response is sent, in an app context whose database session is
+    ended afterwards; outside a request, run it now."""
+    from flask import after_this_request, current_app, has_request_context
+
+    if not has_request_context():
+        fn()
+        return
+    app = current_app._get_current_object()
+
+    def run():
+        with app.app_context():
+            try:
+                fn()
+            finally:
+                from crew7.extensions import db
+
+                db.session.remove()
+
+    @after_this_request
+    def register(response):
+        response.call_on_close(run)
+        return response
 
 
 def replace_session_teardown(app, db):

@@ -108,7 +108,9 @@ def cache_clear_command(crew_id, everything):
     if everything:
         click.echo(f"invalidated {cache.invalidate_all_metadata()} keys")
     else:
-        ok = cache.invalidate_all_crew_metadata(crew_id)
+        from crew7.services.metadata import agent_ids_of_crew
+
+        ok = cache.invalidate_all_crew_metadata(crew_id, agent_ids_of_crew(crew_id))
         click.echo(f"invalidated crew {crew_id}" + ("" if ok else " (Redis unavailable)"))
 
 

@@ -161,7 +161,7 @@ def after_commit(session):
         elif family == STATS:
             keys.extend(cache.stats_keys())
         else:
-            keys.append(cache.key(family, ident))
+            keys.append(cache.key_of[family](ident))
     if keys:
         cache.invalidate_keys(keys)
     if deleted_crews:

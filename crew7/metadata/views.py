@@ -11,7 +11,7 @@ from flask_smorest import Blueprint
 from crew7.extensions import TOKEN_ID_PATTERN
 from crew7.schemas.metadata import AgentMetadataSchema, CrewMetadataSchema
 from crew7.services import metadata as service
-from crew7.services.cache import NULL
+from crew7.services.cache import NOT_FOUND
 
 blp = Blueprint(
     "metadata", __name__, url_prefix="/metadata", description="NFT metadata documents (public)"
@@ -34,7 +34,7 @@ def _derive_headers(state):
 
 
 def _document_response(body):
-    if body == NULL:
+    if body == NOT_FOUND:
         abort(404, "no such public token")
     etag = _etag(body)
     headers = {
@@ -59,7 +59,7 @@ def _token_id(raw):
 @blp.alt_response(200, schema=CrewMetadataSchema, description="The crew's document")
 def crew_metadata(token_id):
     """A crew's NFT metadata (decimal id, or ERC-1155's 64-hex-digit form)."""
-    body, _ = service.crew_metadata_json(_token_id(token_id))
+    body = service.serve_crew(_token_id(token_id))
     return _document_response(body)
 
 
@@ -67,7 +67,7 @@ def crew_metadata(token_id):
 @blp.alt_response(200, schema=AgentMetadataSchema, description="The agent's document")
 def agent_metadata(token_id):
     """An agent's NFT metadata."""
-    body, _ = service.agent_metadata_json(_token_id(token_id))
+    body = service.serve_agent(_token_id(token_id))
     return _document_response(body)
 
 
@@ -75,7 +75,7 @@ def agent_metadata(token_id):
 @blp.alt_response(200, schema=AgentMetadataSchema(many=True), description="Agents' documents")
 def crew_agents_metadata(token_id):
     """The documents of a crew's agents, as a list."""
-    body, _ = service.crew_agents_metadata_json(_token_id(token_id))
+    body = service.serve_crew_agents(_token_id(token_id))
     return _document_response(body)
 
 
@@ -128,5 +128,5 @@ def crews_metadata():
         if not service.is_token_id(part):
             abort(400, f"malformed id {part[:80]!r}")
     ids = [service.parse_token_id(part) for part in parts]
-    body = service.many_crews_metadata_json(ids)
+    body = service.serve_crews(ids)
     return _document_response(body)

@@ -2,7 +2,7 @@
 
 import time
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from crew7.auth import admin_required
 from crew7.services import metrics
@@ -35,9 +35,9 @@ def cache_report():
         lookups_all += lookups
         hits_all += hits
         families[family] = {**events, "hit_rate": round(hits / lookups, 4) if lookups else None}
-    cache = get_cache_service()
+    cache = get_cache_service(current_app)
     info = cache.info()
-    rate, window_lookups = cache.counters.window.rate()
+    rate, window_lookups, window_seconds = cache.window_hit_rate()
     return {
         "families": families,
         "hit_rate": round(hits_all / lookups_all, 4) if lookups_all else None,
@@ -48,7 +48,7 @@ def cache_report():
         "redis_available": info["available"],
         "pending_invalidations": info["pending_invalidations"],
         "window": {
-            "seconds": cache.counters.window.seconds,
+            "seconds": window_seconds,
             "hit_rate": None if rate is None else round(rate, 4),
             "lookups": window_lookups,
             "scope": "this process",

@@ -232,9 +232,3 @@ class CrewPageSchema(_Page):
 
 class RunPageSchema(_Page):
     items = fields.List(fields.Nested(RunSchema))
-
-
-class UserSchema(Schema):
-    id = fields.Integer()
-    name = fields.String()
-    is_admin = fields.Boolean()

@@ -11,7 +11,3 @@ class NotFound(ServiceError):
 
 class Forbidden(ServiceError):
     status = 403
-
-
-class Unavailable(ServiceError):
-    status = 503

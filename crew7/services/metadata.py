@@ -1,8 +1,11 @@
 """Metadata documents: models in, OpenSea / ERC-721 JSON out.
 
-The builders read a constant number of rows whatever a crew's history: run aggregates
-come from ``crew_stats``. The ``*_json`` functions return the document's bytes exactly
-as they are cached and served.
+One vocabulary for the pipeline: ``build_*`` makes a document (a dict) from models;
+``render_*`` gives its bytes exactly as they are cached and served, or None for an
+unknown or private id (``render_crews`` and friends do many at once); ``serve_*`` reads
+them through the cache (``NOT_FOUND`` when there is no such public document). The
+builders read a constant number of rows whatever a crew's history: run aggregates come
+from ``crew_stats``.
 """
 
 import calendar
@@ -18,7 +21,7 @@ from crew7.services.cache import (
     AGENT,
     CREW,
     CREW_AGENTS,
-    NULL,
+    NOT_FOUND,
     CacheUnavailable,
     get_cache_service,
 )
@@ -145,12 +148,13 @@ def _agent_count(crew_id):
 
 
 def agent_ids_of_crew(crew_id, session=None):
-    """The ids of a crew's agents (in ``session``, the request's by default)."""
+    """The ids of a crew's agents (in ``session``, the request's by default): what
+    invalidating a whole crew needs."""
     session = db.session if session is None else session
     return list(session.scalars(select(Agent.id).where(Agent.crew_id == crew_id)))
 
 
-def compute_crew_json(crew_id):
+def render_crew(crew_id):
     """The crew's document as bytes, or None when it is unknown or private."""
     crew, stats = _load_public_crew(crew_id)
     if crew is None:
@@ -158,9 +162,9 @@ def compute_crew_json(crew_id):
     return _encode(build_crew_document(crew, stats, _agent_count(crew_id)))
 
 
-def compute_crews_json(crew_ids):
+def render_crews(crew_ids):
     """Many crews' documents in one query: ``{crew_id: bytes}``, None for unknown or
-    private ones; the same bytes ``compute_crew_json`` gives for each."""
+    private ones; the same bytes ``render_crew`` gives for each."""
     ids = list(crew_ids)
     counts = (
         select(Agent.crew_id, func.count().label("agents"))
@@ -180,7 +184,7 @@ def compute_crews_json(crew_ids):
     return out
 
 
-def compute_agents_json(agent_ids):
+def render_agents(agent_ids):
     """Many agents' documents: ``{agent_id: bytes or None}``. Two indexed queries (the
     agents by id, then their public crews): a join lets SQLite walk every public crew."""
     ids = list(agent_ids)
@@ -200,7 +204,7 @@ def compute_agents_json(agent_ids):
     return out
 
 
-def compute_crews_agents_json(crew_ids):
+def render_crews_agents(crew_ids):
     """Many crews' agents lists in one query: ``{crew_id: bytes or None}``."""
     ids = list(crew_ids)
     crews = {
@@ -227,7 +231,8 @@ def agent_ids_of_crews(crew_ids):
     return out
 
 
-def compute_agent_json(agent_id):
+def render_agent(agent_id):
+    """The agent's document as bytes, or None when it or its crew is unknown or private."""
     row = db.session.execute(
         select(Agent, Crew).join(Crew, Agent.crew_id == Crew.id).where(Agent.id == agent_id)
     ).first()
@@ -236,7 +241,9 @@ def compute_agent_json(agent_id):
     return _encode(build_agent_document(row[0], row[1]))
 
 
-def compute_crew_agents_json(crew_id):
+def render_crew_agents(crew_id):
+    """The crew's agents' documents (a JSON list) as bytes, or None for an unknown or
+    private crew."""
     crew = db.session.get(Crew, crew_id)
     if crew is None or not crew.is_public:
         return None
@@ -247,32 +254,30 @@ def compute_crew_agents_json(crew_id):
 # -- serving (through the cache) ---------------------------------------------------
 
 
-def crew_metadata_json(crew_id, count_view=True):
-    """``(bytes, hit)``: the crew's document as served; ``b"null"`` when not found."""
-    cache = get_cache_service()
+def serve_crew(crew_id, count_view=True):
+    """The crew's document as served; ``NOT_FOUND`` when not found."""
+    cache = get_cache_service(current_app)
     return cache.read_through(
         CREW,
         cache.crew_key(crew_id),
-        lambda: compute_crew_json(crew_id),
+        lambda: render_crew(crew_id),
         count_view=str(crew_id) if count_view else None,
     )
 
 
-def agent_metadata_json(agent_id):
-    cache = get_cache_service()
+def serve_agent(agent_id):
+    cache = get_cache_service(current_app)
+    return cache.read_through(AGENT, cache.agent_key(agent_id), lambda: render_agent(agent_id))
+
+
+def serve_crew_agents(crew_id):
+    cache = get_cache_service(current_app)
     return cache.read_through(
-        AGENT, cache.agent_key(agent_id), lambda: compute_agent_json(agent_id)
+        CREW_AGENTS, cache.crew_agents_key(crew_id), lambda: render_crew_agents(crew_id)
     )
 
 
-def crew_agents_metadata_json(crew_id):
-    cache = get_cache_service()
-    return cache.read_through(
-        CREW_AGENTS, cache.crew_agents_key(crew_id), lambda: compute_crew_agents_json(crew_id)
-    )
-
-
-def many_crews_metadata_json(crew_ids):
+def serve_crews(crew_ids):
     """A JSON array of the crews' documents in request order (null for unknown or private).
 
     Hits cost one MGET for the whole batch. The documents it misses are built with one
@@ -280,7 +285,7 @@ def many_crews_metadata_json(crew_ids):
     processes as a single miss is. A crew named several times is looked up, and its view
     counted, once.
     """
-    cache = get_cache_service()
+    cache = get_cache_service(current_app)
     distinct = list(dict.fromkeys(c for c in crew_ids if c is not None))
     found = {}
     if cache.enabled and distinct:
@@ -290,37 +295,37 @@ def many_crews_metadata_json(crew_ids):
         if values is not None:
             found = {c: v for c, v in zip(distinct, values, strict=True) if v is not None}
     if found:
-        cache.counters.record(CREW, "hit", len(found))
+        cache.record(CREW, "hit", len(found))
     missing = [c for c in distinct if c not in found]
     if missing:
-        found.update(_crews_through_cache(cache, missing))
+        found.update(_serve_missed_crews(cache, missing))
     # Well-formed ids that no crew can have are null.
-    return b"[" + b",".join(NULL if c is None else found[c] for c in crew_ids) + b"]"
+    return b"[" + b",".join(NOT_FOUND if c is None else found[c] for c in crew_ids) + b"]"
 
 
-def _crews_through_cache(cache, crew_ids):
-    """The documents of crews a batch missed: ``{crew_id: bytes}``, ``NULL`` for none."""
+def _serve_missed_crews(cache, crew_ids):
+    """The documents of crews a batch missed: ``{crew_id: bytes}``, ``NOT_FOUND`` for none."""
     if not cache.enabled:
-        cache.counters.record(CREW, "bypass", len(crew_ids))
-        return _null_for_missing(compute_crews_json(crew_ids))
+        cache.record(CREW, "bypass", len(crew_ids))
+        return _not_found_for_missing(render_crews(crew_ids))
     keys = {cache.crew_key(c): c for c in crew_ids}
 
     def compute(wanted):
-        documents = compute_crews_json([keys[k] for k in wanted])
+        documents = render_crews([keys[k] for k in wanted])
         return {k: documents[keys[k]] for k in wanted}
 
     try:
         values, _ = cache.fill_many(CREW, list(keys), compute)
     except CacheUnavailable:
-        cache.counters.record(CREW, "bypass", len(keys))
-        return _null_for_missing(compute_crews_json(crew_ids))
-    cache.counters.record(CREW, "miss", len(keys))
-    cache.count_views([str(keys[k]) for k, v in values.items() if v != NULL])
+        cache.record(CREW, "bypass", len(keys))
+        return _not_found_for_missing(render_crews(crew_ids))
+    cache.record(CREW, "miss", len(keys))
+    cache.count_views([str(keys[k]) for k, v in values.items() if v != NOT_FOUND])
     return {keys[k]: v for k, v in values.items()}
 
 
-def _null_for_missing(documents):
-    return {c: NULL if v is None else v for c, v in documents.items()}
+def _not_found_for_missing(documents):
+    return {c: NOT_FOUND if v is None else v for c, v in documents.items()}
 
 
 def crew_to_nft_metadata(crew, base_url=None, cdn_url=None, use_cache=True):
@@ -331,15 +336,7 @@ def crew_to_nft_metadata(crew, base_url=None, cdn_url=None, use_cache=True):
     than the configured ones, the cache is never touched.
     """
     if use_cache and _is_default(base_url, cdn_url):
-        value, _ = crew_metadata_json(crew.id, count_view=False)
+        value = serve_crew(crew.id, count_view=False)
         return json.loads(value)
     stats = db.session.get(CrewStats, crew.id)
     return build_crew_document(crew, stats, _agent_count(crew.id), base_url, cdn_url)
-
-
-def agent_to_nft_metadata(agent, base_url=None, cdn_url=None, use_cache=True):
-    """The agent's NFT metadata document (a dict); see ``crew_to_nft_metadata``."""
-    if use_cache and _is_default(base_url, cdn_url):
-        value, _ = agent_metadata_json(agent.id)
-        return json.loads(value)
-    return build_agent_document(agent, agent.crew, base_url, cdn_url)

@@ -16,7 +16,7 @@ MIN_FINISHED_FOR_RATE = 5
 
 def popular_crew_ids(limit):
     """Most viewed public crews; the newest public crews while there are no views yet."""
-    cache = get_cache_service()
+    cache = get_cache_service(current_app)
     ranked = cache.popular_crew_ids(limit * 3) if cache.enabled else []
     ids = []
     if ranked:
@@ -45,7 +45,7 @@ def _crew_summary(crew, stats):
     }
 
 
-def compute_popular_crews():
+def render_popular_crews():
     limit = current_app.config["CACHE_WARM_COUNT"] or LEADERBOARD_SIZE
     ids = popular_crew_ids(limit)
     rows = {
@@ -58,7 +58,7 @@ def compute_popular_crews():
     return json.dumps({"crews": crews}, separators=(",", ":")).encode()
 
 
-def compute_leaderboard(kind):
+def render_leaderboard(kind):
     q = select(Crew, CrewStats).join(CrewStats).where(Crew.is_public.is_(True))
     if kind == "runs":
         q = q.order_by(CrewStats.total_runs.desc(), Crew.id)
@@ -74,16 +74,16 @@ def compute_leaderboard(kind):
     return json.dumps({"type": kind, "entries": entries}, separators=(",", ":")).encode()
 
 
-def popular_crews_json():
-    cache = get_cache_service()
-    return cache.stats_read_through(cache.popular_key(), cache.popular_ttl, compute_popular_crews)
+def serve_popular_crews():
+    cache = get_cache_service(current_app)
+    return cache.stats_read_through(cache.popular_key(), cache.popular_ttl, render_popular_crews)
 
 
-def leaderboard_json(kind):
+def serve_leaderboard(kind):
     """The leaderboard's JSON, or None for an unknown type."""
     if kind not in LEADERBOARD_TYPES:
         return None
-    cache = get_cache_service()
+    cache = get_cache_service(current_app)
     return cache.stats_read_through(
-        cache.leaderboard_key(kind), cache.stats_ttl, lambda: compute_leaderboard(kind)
+        cache.leaderboard_key(kind), cache.stats_ttl, lambda: render_leaderboard(kind)
     )

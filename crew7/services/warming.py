@@ -35,7 +35,7 @@ def warm_popular_crews(limit, with_agents=False, with_stats=False, progress=None
     CacheUnavailable when Redis cannot be reached or the cache is off: nothing can be
     warmed then, and saying otherwise would mislead.
     """
-    cache = get_cache_service()
+    cache = get_cache_service(current_app)
     if not cache.enabled:
         raise CacheUnavailable("the metadata cache is disabled (METADATA_CACHE_ENABLED)")
     if not cache.ping():
@@ -62,11 +62,11 @@ def warm_popular_crews(limit, with_agents=False, with_stats=False, progress=None
     for start in range(0, len(ranked), CHUNK):
         chunk = ranked[start : start + CHUNK]
         # A crew made private or deleted since it was ranked has no document: skip it.
-        public = warm(CREW, chunk, cache.crew_key, metadata.compute_crews_json)
+        public = warm(CREW, chunk, cache.crew_key, metadata.render_crews)
         if with_agents and public:
-            warm(CREW_AGENTS, public, cache.crew_agents_key, metadata.compute_crews_agents_json)
+            warm(CREW_AGENTS, public, cache.crew_agents_key, metadata.render_crews_agents)
             agent_ids = [a for ids in metadata.agent_ids_of_crews(public).values() for a in ids]
-            warm(AGENT, agent_ids, cache.agent_key, metadata.compute_agents_json)
+            warm(AGENT, agent_ids, cache.agent_key, metadata.render_agents)
         if progress is not None:
             progress(start + len(chunk), len(ranked))
     if with_stats:
@@ -74,14 +74,14 @@ def warm_popular_crews(limit, with_agents=False, with_stats=False, progress=None
             STATS,
             ["popular"],
             lambda _: cache.popular_key(),
-            lambda ids: dict.fromkeys(ids, stats.compute_popular_crews()),
+            lambda ids: dict.fromkeys(ids, stats.render_popular_crews()),
             cache.popular_ttl,
         )
         warm(
             STATS,
             list(LEADERBOARD_TYPES),
             cache.leaderboard_key,
-            lambda kinds: {k: stats.compute_leaderboard(k) for k in kinds},
+            lambda kinds: {k: stats.render_leaderboard(k) for k in kinds},
             cache.stats_ttl,
         )
     return summary
@@ -114,7 +114,7 @@ def deployment_id():
 def claim_warming(app):
     """True for exactly one process of a deployment (SET NX in Redis)."""
     cache = get_cache_service(app)
-    key = f"{cache.prefix}warming:{deployment_id()}"
+    key = cache.warming_key(deployment_id())
     try:
         return cache.claim(key, os.getpid(), 86400)
     except CacheUnavailable:

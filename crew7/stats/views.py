@@ -21,14 +21,14 @@ def _json(body, ttl):
 @blp.alt_response(200, description="The most viewed public crews")
 def popular_crews():
     """The most viewed public crews (the newest ones while nothing has been viewed)."""
-    return _json(service.popular_crews_json(), current_app.config["POPULAR_CREWS_TTL"])
+    return _json(service.serve_popular_crews(), current_app.config["POPULAR_CREWS_TTL"])
 
 
 @blp.get("/leaderboard/<string:kind>")
 @blp.alt_response(200, description=f"Leaderboard; type is one of {', '.join(LEADERBOARD_TYPES)}")
 def leaderboard(kind):
     """Top public crews by total runs or by success rate."""
-    body = service.leaderboard_json(kind)
+    body = service.serve_leaderboard(kind)
     if body is None:
         abort(404, f"unknown leaderboard type {kind[:40]!r}: use {', '.join(LEADERBOARD_TYPES)}")
     return _json(body, current_app.config["STATS_TTL"])
