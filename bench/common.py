@@ -1,6 +1,6 @@
 """Shared pieces of bench/run.py and bench/drill.py.
 
-Servers: the test suite's RedisServer / PostgresServer (tests/servers.py), gunicorn with
+Servers: the test suite's RedisServer / PostgresServer (tests/support/servers.py), gunicorn with
 the production ``gunicorn.conf.py``, wrk. Every process is started here and stopped by its
 own pid; all traffic stays on 127.0.0.1.
 """
@@ -29,7 +29,8 @@ LOGS = RESULTS / "tmp"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.servers import PostgresServer, RedisServer, free_port  # noqa: E402
+from tests.support.processes import free_port  # noqa: E402
+from tests.support.servers import PostgresServer, RedisServer  # noqa: E402
 
 __all__ = [
     "BENCH",

@@ -1,6 +1,6 @@
 """crew7 fault drills: Redis and PostgreSQL failures under a steady load.
 
-``make drill``. Starts its own PostgreSQL and Redis (tests/servers.py), seeds a small data
+``make drill``. Starts its own PostgreSQL and Redis (tests/support/servers.py), seeds a small data
 set, starts gunicorn with the production ``gunicorn.conf.py`` (sync, 2 workers) and
 ``CREW7_CACHE_TRACE=true``, warms part of the crews, then runs a fixed-rate open-loop
 load of ``/metadata/crew/<id>`` (warm crews and never-requested cold crews) while it

@@ -34,11 +34,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.conftest import make_app, reset_schema  # noqa: E402
-from tests.gunicorn_server import GunicornServer  # noqa: E402
-from tests.servers import PostgresServer, RedisServer  # noqa: E402
-from tests.test_deploy import boot_gunicorn_options  # noqa: E402
-from tests.test_nginx_front import request, running_nginx  # noqa: E402
+from tests.support.app import make_app, reset_schema  # noqa: E402
+from tests.support.gunicorn import GunicornServer, boot_gunicorn_options  # noqa: E402
+from tests.support.nginx import request, running_nginx  # noqa: E402
+from tests.support.servers import PostgresServer, RedisServer  # noqa: E402
 
 
 def poll(port, path, expect, interval, duration):

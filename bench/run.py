@@ -1,7 +1,7 @@
 """crew7 benchmark: cache hits against the floor, the reference and the database.
 
 ``make bench`` (or ``BENCH_SCALE=small make bench`` for a quick run). Starts its own
-PostgreSQL and Redis (tests/servers.py), migrates and seeds PostgreSQL, starts two
+PostgreSQL and Redis (tests/support/servers.py), migrates and seeds PostgreSQL, starts two
 gunicorns with the production ``gunicorn.conf.py`` (sync workers, WEB_CONCURRENCY=2,
 ``CREW7_BENCH_ROUTES=true``), one with the cache and one with
 ``CREW7_METADATA_CACHE_ENABLED=false``, and drives them with ``wrk -t1`` on 127.0.0.1.

@@ -23,7 +23,7 @@ if str(ROOT) not in sys.path:
 
 import redis  # noqa: E402
 
-from tests.servers import RedisServer  # noqa: E402
+from tests.support.servers import RedisServer  # noqa: E402
 
 
 def main(n: int = 5000) -> dict:

@@ -3,7 +3,7 @@
 import pytest
 from openapi_spec_validator import validate
 
-from tests.conftest import db_scalar
+from tests.support.app import db_scalar
 
 
 def error_of(response):

@@ -6,7 +6,7 @@ import time
 import pytest
 from sqlalchemy import event
 
-from tests.helpers import body, seed_crew
+from tests.support.helpers import body, seed_crew
 
 pytestmark = pytest.mark.topologies
 

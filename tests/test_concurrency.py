@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tests.helpers import body, seed_crew
+from tests.support.helpers import body, seed_crew
 
 pytestmark = pytest.mark.topologies
 

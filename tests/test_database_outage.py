@@ -2,21 +2,22 @@
 
 import pytest
 
-from tests.helpers import body, seed_crew
-from tests.servers import PostgresServer, find_postgres_bin
+from tests.support.ci import missing
+from tests.support.helpers import body, seed_crew
+from tests.support.servers import PostgresServer, find_postgres_bin
 
 
 @pytest.fixture
 def own_postgres():
     if find_postgres_bin() is None:
-        pytest.skip("PostgreSQL is not installed")
+        missing("PostgreSQL")
     server = PostgresServer.start()
     yield server
     server.close()
 
 
 def test_database_down(own_postgres, redis_server, redis_client):
-    from tests.conftest import make_app, reset_schema
+    from tests.support.app import make_app, reset_schema
 
     app = make_app(own_postgres.url, redis_server.url)
     reset_schema(app)
@@ -55,7 +56,7 @@ def test_database_down(own_postgres, redis_server, redis_client):
 def test_database_lost_before_teardown_keeps_the_response(own_postgres, redis_server):
     """The session's end-of-request rollback on a dead connection must not turn a finished
     response into the WSGI server's HTML 500."""
-    from tests.conftest import make_app, reset_schema
+    from tests.support.app import make_app, reset_schema
 
     app = make_app(own_postgres.url, redis_server.url)
     reset_schema(app)

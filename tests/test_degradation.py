@@ -5,14 +5,15 @@ import time
 
 import pytest
 
-from tests.helpers import body, seed_crew
-from tests.servers import RedisServer, find_redis_server
+from tests.support.ci import missing
+from tests.support.helpers import body, seed_crew
+from tests.support.servers import RedisServer, find_redis_server
 
 
 @pytest.fixture
 def own_redis():
     if find_redis_server() is None:
-        pytest.skip("redis-server is not installed")
+        missing("redis-server")
     server = RedisServer.start()
     yield server
     server.stop()

@@ -6,14 +6,15 @@ import time
 
 import pytest
 
-from tests.helpers import seed_crew
-from tests.servers import RedisSentinelSet, find_redis_server
+from tests.support.ci import missing
+from tests.support.helpers import seed_crew
+from tests.support.servers import RedisSentinelSet, find_redis_server
 
 
 @pytest.fixture
 def own_sentinels():
     if find_redis_server() is None:
-        pytest.skip("redis-server is not installed")
+        missing("redis-server")
     sentinels = RedisSentinelSet.start()
     yield sentinels
     sentinels.close()

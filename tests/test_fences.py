@@ -14,9 +14,10 @@ import time
 import pytest
 import redis
 
-from tests.conftest import make_app, reset_schema
-from tests.helpers import body, seed_crew
-from tests.servers import RedisServer, find_redis_server
+from tests.support.app import make_app, reset_schema
+from tests.support.ci import missing
+from tests.support.helpers import body, seed_crew
+from tests.support.servers import RedisServer, find_redis_server
 
 
 def _race(app, client, user, url, fault, fill_delay_wait=0.3):
@@ -60,7 +61,7 @@ def _user(app):
 def own_redis():
     """A Redis of this test's own, so it can be restarted or starved of memory."""
     if find_redis_server() is None:
-        pytest.skip("redis-server is not installed (make test installs it)")
+        missing("redis-server")
     servers = []
 
     def start(*args):

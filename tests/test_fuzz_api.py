@@ -37,8 +37,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import make_app, reset_schema
-from tests.gunicorn_server import GunicornServer
+from tests.support.app import make_app, reset_schema
+from tests.support.ci import missing
+from tests.support.gunicorn import GunicornServer
 
 SEEDS = (7, 2026)
 MAX_EXAMPLES = 80
@@ -247,10 +248,7 @@ def _schemathesis_config(api):
 def fuzz_run(api, request):
     seed = request.param
     if importlib.util.find_spec("schemathesis") is None:
-        message = "schemathesis is not installed (pip install -e '.[dev]')"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("schemathesis", "pip install -e '.[dev]'")
     workdir = api.workdir / f"schemathesis-{seed}"
     workdir.mkdir()
     config = workdir / "schemathesis.toml"

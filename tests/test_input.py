@@ -7,7 +7,7 @@ import urllib.parse
 import pytest
 from sqlalchemy import text
 
-from tests.helpers import seed_crew
+from tests.support.helpers import seed_crew
 
 
 def error_of(response, status):
@@ -365,8 +365,8 @@ def served(database_url, redis_server):
     """gunicorn (1 worker, gunicorn.conf.py) serving the app on this test's database."""
     from crew7.extensions import db
     from crew7.services.users import create_user
-    from tests.conftest import make_app, reset_schema
-    from tests.gunicorn_server import GunicornServer
+    from tests.support.app import make_app, reset_schema
+    from tests.support.gunicorn import GunicornServer
 
     app = make_app(database_url, redis_server.url)
     reset_schema(app)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.helpers import attrs, body, seed_crew
+from tests.support.helpers import attrs, body, seed_crew
 
 pytestmark = pytest.mark.topologies
 

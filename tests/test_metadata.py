@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tests.helpers import attrs, body, commands_between, commandstats, seed_crew
+from tests.support.helpers import attrs, body, commands_between, commandstats, seed_crew
 
 pytestmark = pytest.mark.topologies
 

@@ -6,7 +6,7 @@ import re
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.gunicorn_server import GunicornServer
+from tests.support.gunicorn import GunicornServer
 
 
 def fetch(url, headers=None):

@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.gunicorn_server import GunicornServer
-from tests.stale_checker import stale_reads
+from tests.support.gunicorn import GunicornServer
+from tests.support.stale_checker import stale_reads
 
 
 def request(port, method, path, body=None, headers=None, timeout=10):
