@@ -12,7 +12,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from tests.support.processes import free_port, stop_process, tail, wait_until
+from tests.support.processes import children, free_port, stop_process, tail, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 GUNICORN_CONF = ROOT / "gunicorn.conf.py"
@@ -28,23 +28,6 @@ def boot_gunicorn_options():
     words = shlex.split(line)[2:]  # after "exec gunicorn"
     options = words[: words.index("-c")]
     return list(zip(options[::2], options[1::2], strict=True))
-
-
-def children(ppid: int) -> list[int]:
-    """Pids of the live children of ``ppid``, from /proc."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii") as fh:
-                raw = fh.read()
-        except OSError:
-            continue
-        fields = raw[raw.rindex(")") + 2 :].split()
-        if int(fields[1]) == ppid:
-            out.append(int(entry))
-    return sorted(out)
 
 
 class GunicornServer:

@@ -59,6 +59,23 @@ def logs_of(paths: Iterable) -> str:
     return "\n".join(tail(path) for path in paths)
 
 
+def children(ppid: int) -> list[int]:
+    """Pids of the live children of ``ppid``, from /proc."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii") as fh:
+                raw = fh.read()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2 :].split()
+        if int(fields[1]) == ppid:
+            out.append(int(entry))
+    return sorted(out)
+
+
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
     """Send ``sig`` to ``proc`` (by its pid), wait, then SIGKILL if needed."""
     if proc.poll() is not None:
