@@ -174,6 +174,7 @@ def nginx_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.mark.nginx
 def test_nginx_config_is_valid(nginx_dir):
     nginx = nginx_binary()
     conf = render_nginx_conf(nginx_dir, free_port(), "127.0.0.1:9")
@@ -445,6 +446,8 @@ def _json(response):
     return headers, json.loads(data)
 
 
+@pytest.mark.nginx
+@pytest.mark.gunicorn
 def test_nginx_in_front_of_gunicorn(stack):
     port = stack["port"]
 

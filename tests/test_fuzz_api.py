@@ -41,6 +41,8 @@ from tests.support.app import make_app, reset_schema
 from tests.support.ci import missing
 from tests.support.gunicorn import GunicornServer
 
+pytestmark = [pytest.mark.gunicorn, pytest.mark.slow]
+
 SEEDS = (7, 2026)
 MAX_EXAMPLES = 80
 FUZZ_TIMEOUT = 120

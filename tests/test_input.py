@@ -406,6 +406,7 @@ def raw_request(port, method, path, body=None, headers=None, chunked=False):
         conn.close()
 
 
+@pytest.mark.gunicorn
 def test_through_gunicorn(served):
     server, auth = served
     json_auth = {**auth, "Content-Type": "application/json"}

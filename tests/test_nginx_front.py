@@ -32,6 +32,8 @@ from tests.support.gunicorn import GunicornServer, boot_gunicorn_options
 from tests.support.nginx import nginx_binary, nginx_workdir, request, running_nginx
 from tests.test_deploy import BODY_LIMIT
 
+pytestmark = [pytest.mark.nginx, pytest.mark.gunicorn]
+
 SPOOFED = "203.0.113.7"
 SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",

@@ -69,6 +69,7 @@ def server_env(database_url, redis_server, **extra):
     return env
 
 
+@pytest.mark.gunicorn
 def test_stress_single_flight_and_no_stale_reads(seeded, database_url, redis_server, redis_client):
     headers, contended = seeded
     env = server_env(database_url, redis_server, CACHE_FILL_DELAY=0.05)
@@ -155,6 +156,7 @@ def test_stress_single_flight_and_no_stale_reads(seeded, database_url, redis_ser
     assert rejected > 0
 
 
+@pytest.mark.gunicorn
 def test_dead_holder_under_gunicorn(seeded, database_url, redis_server, redis_client):
     env = server_env(
         database_url, redis_server, CACHE_FILL_DELAY=1.5, CACHE_LOCK_LEASE=1.0, CACHE_WAIT_MAX=4.0
