@@ -31,7 +31,6 @@ import json
 import os
 import random
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -50,11 +49,15 @@ from common import (  # noqa: E402
     Gunicorn,
     Stack,
     app_env,
+    env_number,
     flask_cli,
     log,
     machine_info,
     median,
+    results_file,
+    stop_on_sigterm,
     utc_stamp,
+    write_results,
     wrk,
     wrk_script,
 )
@@ -109,11 +112,6 @@ TARGETS = {
     "hit_over_redis_get_rps": (None, None, "cache hit throughput / one bare Redis GET route"),
     "miss_history_p50_ratio": (None, None, "p50 latency of a miss: largest history / 10 runs"),
 }
-
-
-def env_number(name, default, kind=float):
-    raw = os.environ.get(name, "").strip()
-    return kind(raw) if raw else default
 
 
 # --------------------------------------------------------------------------
@@ -909,10 +907,6 @@ def write_png(path, doc):
 # --------------------------------------------------------------------------
 
 
-def _terminate(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main():
     scale = os.environ.get("BENCH_SCALE", "full").strip() or "full"
     if scale not in SCALES:
@@ -925,10 +919,9 @@ def main():
     max_minutes = env_number("BENCH_MAX_MINUTES", cfg["max_minutes"])
     noisy_others = env_number("BENCH_NOISY_OTHERS", 0.25)
     noisy_retries = env_number("BENCH_NOISY_RETRIES", 1, int)
-    signal.signal(signal.SIGTERM, _terminate)
+    stop_on_sigterm()
     started_at = utc_stamp()
     t_start = time.monotonic()
-    RESULTS.mkdir(parents=True, exist_ok=True)
     notes = []
     log(f"crew7 bench, scale {scale}: {reps} repetitions of {duration:g} s runs")
     stack = Stack()
@@ -979,7 +972,7 @@ def main():
         summary = summarize(repetitions)
         machine["loadavg_end"] = list(os.getloadavg())
         stamp = started_at
-        json_file = RESULTS / f"{stamp}.json"
+        json_file = results_file("", stamp)
         doc = {
             "started": started_at,
             "finished": utc_stamp(),
@@ -1012,8 +1005,7 @@ def main():
             "summary": summary,
             "notes": notes,
         }
-        json_file.write_text(json.dumps(doc, indent=1, default=str), encoding="utf-8")
-        write_markdown(RESULTS / "latest.md", doc)
+        write_results(json_file, doc, "latest.md", write_markdown)
         write_png(RESULTS / "latest.png", doc)
         log(
             f"wrote {json_file.relative_to(ROOT)}, bench/results/latest.md, "

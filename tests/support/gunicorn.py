@@ -34,7 +34,8 @@ class GunicornServer:
     """``gunicorn -c gunicorn.conf.py wsgi:app`` on a free port, its output in a log file.
 
     ``env`` is added to this process's environment (``inherit_env=False``: it is the whole
-    environment). The access log is muted unless ``extra_args`` names one. Ready once
+    environment). The access log is muted (``mute_access_log=False``: gunicorn.conf.py's,
+    on the output; ``extra_args`` may also name one). Ready once
     /healthz answers 200 and every worker is up. A log file it created is removed by stop();
     one passed as ``logfile`` is kept.
     """
@@ -48,6 +49,7 @@ class GunicornServer:
         name="app",
         logfile=None,
         inherit_env=True,
+        mute_access_log=True,
         ready_timeout=20.0,
         stop_timeout=10.0,
     ):
@@ -76,8 +78,7 @@ class GunicornServer:
                     f"127.0.0.1:{self.port}",
                     "--workers",
                     str(workers),
-                    "--access-logfile",
-                    "/dev/null",
+                    *(("--access-logfile", "/dev/null") if mute_access_log else ()),
                     *extra_args,
                     "wsgi:app",
                 ],
