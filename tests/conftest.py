@@ -73,6 +73,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.postgresql)
 
 
+@pytest.fixture(autouse=True)
+def _dispose_apps():
+    """Close the database connections of the apps the test built, before they are dropped."""
+    yield
+    support_app.dispose_all()
+
+
 @pytest.fixture(scope="session")
 def redis_server():
     from tests.support.servers import RedisServer, find_redis_server

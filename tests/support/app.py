@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
+# Apps make_app built whose connections dispose_all() has not closed yet: an app dropped
+# with its pool open leaves PostgreSQL connections for the garbage collector, which warns.
+_undisposed = []
+
 
 def make_app(database_url, redis_url=None, **overrides):
     """create_app() with test settings; ``overrides`` win."""
@@ -17,7 +21,9 @@ def make_app(database_url, redis_url=None, **overrides):
         "SECRET_KEY": "test",
     }
     config.update(overrides)
-    return create_app(config)
+    app = create_app(config)
+    _undisposed.append(app)
+    return app
 
 
 def reset_schema(app):
@@ -59,3 +65,9 @@ def db_scalar(app, sql, **params):
 
     with app.app_context():
         return db.session.execute(text(sql), params).scalar()
+
+
+def dispose_all():
+    """dispose() every app make_app built since the last call (conftest: after each test)."""
+    while _undisposed:
+        dispose(_undisposed.pop())

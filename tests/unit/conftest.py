@@ -4,6 +4,7 @@ conftest.py one level up marks every test here ``unit`` and refuses a unit test 
 for a server fixture; the fixture below checks that none starts a process either.
 """
 
+import logging
 import os
 import time
 
@@ -49,3 +50,15 @@ def config_app():
     app.config.update(BASE_URL="https://app.example", CDN_URL="https://cdn.example")
     with app.app_context():
         yield app
+
+
+@pytest.fixture
+def crew7_logs(caplog, monkeypatch):
+    """caplog at WARNING, with crew7's loggers enabled: an in-process ``flask db upgrade``
+    earlier in the run (alembic's fileConfig in migrations/env.py) disables every logger
+    that existed then."""
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.startswith("crew7") and isinstance(logger, logging.Logger):
+            monkeypatch.setattr(logger, "disabled", False)
+    caplog.set_level(logging.WARNING)
+    return caplog

@@ -1,7 +1,5 @@
 """CircuitBreaker: open after consecutive failures, one probe after the cooldown."""
 
-import logging
-
 import pytest
 
 from crew7.services.cache import CircuitBreaker
@@ -76,8 +74,8 @@ def test_stays_open_when_on_close_cannot_catch_up(clock):
     assert breaker.state == "closed" and len(calls) == 2
 
 
-def test_one_warning_when_it_opens_and_one_when_it_closes(breaker, clock, caplog):
-    caplog.set_level(logging.WARNING)
+def test_one_warning_when_it_opens_and_one_when_it_closes(breaker, clock, crew7_logs):
+    caplog = crew7_logs
     for _ in range(5):
         breaker.failure(ConnectionError("refused"))
     opened = [r for r in caplog.records if "breaker open" in r.getMessage()]

@@ -1,7 +1,5 @@
 """HitRateWindow: the hit rate over a sliding window, and its low-rate warning."""
 
-import logging
-
 from crew7.services.cache import HitRateWindow
 
 
@@ -31,8 +29,8 @@ def _messages(caplog):
     return [r.getMessage() for r in caplog.records if "hit rate" in r.getMessage()]
 
 
-def test_warns_once_below_the_threshold_then_once_on_recovery(clock, caplog):
-    caplog.set_level(logging.WARNING)
+def test_warns_once_below_the_threshold_then_once_on_recovery(clock, crew7_logs):
+    caplog = crew7_logs
     window = HitRateWindow(seconds=60, threshold=0.5, min_lookups=10)
     window.add(False, 10)
     window.check()
@@ -45,8 +43,8 @@ def test_warns_once_below_the_threshold_then_once_on_recovery(clock, caplog):
     assert _messages(caplog)[1:] == ["cache hit rate back to 75.0%"]
 
 
-def test_no_warning_without_enough_lookups_or_threshold(clock, caplog):
-    caplog.set_level(logging.WARNING)
+def test_no_warning_without_enough_lookups_or_threshold(clock, crew7_logs):
+    caplog = crew7_logs
     few = HitRateWindow(seconds=60, threshold=0.5, min_lookups=100)
     few.add(False, 99)
     few.check()
