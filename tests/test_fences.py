@@ -14,10 +14,12 @@ import time
 import pytest
 import redis
 
-from tests.support.app import make_app, reset_schema
+from tests.support.app import make_app, make_user, reset_schema
 from tests.support.ci import missing
 from tests.support.helpers import body, seed_crew
 from tests.support.servers import RedisServer, find_redis_server
+
+pytestmark = pytest.mark.slow
 
 
 def _race(app, client, user, url, fault, fill_delay_wait=0.3):
@@ -50,11 +52,7 @@ def _race(app, client, user, url, fault, fill_delay_wait=0.3):
 
 
 def _user(app):
-    from crew7.services.users import create_user
-
-    with app.app_context():
-        _, token = create_user("owner")
-    return {"headers": {"Authorization": f"Bearer {token}"}}
+    return make_user(app, "owner")
 
 
 @pytest.fixture

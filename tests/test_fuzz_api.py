@@ -37,7 +37,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.app import make_app, reset_schema
+from tests.support.app import dispose, make_app, make_user, reset_schema
 from tests.support.ci import missing
 from tests.support.gunicorn import GunicornServer
 
@@ -93,9 +93,6 @@ class Api:
 @pytest.fixture(scope="module")
 def api(db_kind, request, redis_server, tmp_path_factory):
     """gunicorn serving the real app on a fresh database of db_kind, with two users' data."""
-    from crew7.extensions import db
-    from crew7.services.users import create_user
-
     workdir = tmp_path_factory.mktemp("fuzz")
     if db_kind == "sqlite":
         database_url = f"sqlite:///{workdir / 'crew7.sqlite3'}"
@@ -106,13 +103,11 @@ def api(db_kind, request, redis_server, tmp_path_factory):
     client.close()
     app = make_app(database_url, redis_server.url)
     reset_schema(app)
-    with app.app_context():
-        _, token = create_user("fuzzer")
-        # Owns the documents the metadata operations are pointed at: the fuzzer may delete
-        # its own crews, not these.
-        _, owner_token = create_user("owner")
-        db.session.remove()
-        db.engine.dispose()
+    token = make_user(app, "fuzzer")["token"]
+    # Owns the documents the metadata operations are pointed at: the fuzzer may delete
+    # its own crews, not these.
+    owner_token = make_user(app, "owner")["token"]
+    dispose(app)
     env = {
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_server.url,

@@ -363,17 +363,13 @@ def test_no_rule_ends_with_a_slash(app):
 @pytest.fixture
 def served(database_url, redis_server):
     """gunicorn (1 worker, gunicorn.conf.py) serving the app on this test's database."""
-    from crew7.extensions import db
-    from crew7.services.users import create_user
-    from tests.support.app import make_app, reset_schema
+    from tests.support.app import dispose, make_app, make_user, reset_schema
     from tests.support.gunicorn import GunicornServer
 
     app = make_app(database_url, redis_server.url)
     reset_schema(app)
-    with app.app_context():
-        _, token = create_user("alice")
-        db.session.remove()
-        db.engine.dispose()
+    token = make_user(app, "alice")["token"]
+    dispose(app)
     env = {
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_server.url,

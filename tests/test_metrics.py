@@ -39,6 +39,7 @@ def event_total(text, family=None, event=None):
     return total
 
 
+@pytest.mark.slow
 @pytest.mark.gunicorn
 def test_counters_reconcile_across_workers(app, database_url, redis_server, redis_client):
     from crew7.services.seed import seed_demo

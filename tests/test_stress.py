@@ -69,6 +69,7 @@ def server_env(database_url, redis_server, **extra):
     return env
 
 
+@pytest.mark.slow
 @pytest.mark.gunicorn
 def test_stress_single_flight_and_no_stale_reads(seeded, database_url, redis_server, redis_client):
     headers, contended = seeded
@@ -156,6 +157,7 @@ def test_stress_single_flight_and_no_stale_reads(seeded, database_url, redis_ser
     assert rejected > 0
 
 
+@pytest.mark.slow
 @pytest.mark.gunicorn
 def test_dead_holder_under_gunicorn(seeded, database_url, redis_server, redis_client):
     env = server_env(

@@ -84,6 +84,7 @@ def test_cluster_client_across_slots(cluster):
         client.close()
 
 
+@pytest.mark.slow
 def test_cluster_kill_master_fails_over(cluster):
     masters = cluster.master_nodes()
     killed = cluster.kill_master(0)
@@ -126,6 +127,7 @@ def test_sentinel_master_for_set_get(sentinel_set):
     master.close()
 
 
+@pytest.mark.slow
 def test_sentinel_kill_master_fails_over(sentinel_set):
     sentinel = Sentinel(sentinel_set.sentinels, socket_timeout=1)
     old_client = sentinel.master_for("mymaster", socket_timeout=1)

@@ -168,6 +168,7 @@ def test_seed_demo_is_deterministic(app, runner):
     assert runner.invoke(args=["seed-demo"]).exit_code != 0  # already seeded
 
 
+@pytest.mark.slow
 @pytest.mark.gunicorn
 def test_warming_runs_once_across_gunicorn_workers(
     db_kind, database_url, redis_settings, redis_client, app
