@@ -17,7 +17,7 @@ SYSTEM_PACKAGES := scripts/install-system-packages.sh
 CREW7_TEST_DBS ?= sqlite,postgresql
 PYTEST_ARGS ?=
 
-.PHONY: help venv install system-packages test run lint clean
+.PHONY: help venv install system-packages test test-unit test-fast run lint clean
 
 help: ## list the targets
 	@echo "make [target]   (default: test)"
@@ -40,6 +40,14 @@ system-packages: ## install every system package any target needs (apt-get, as r
 test: install ## the test suite (what CI runs); installs redis-server, PostgreSQL, nginx
 	$(SYSTEM_PACKAGES) test
 	CREW7_TEST_DBS=$(CREW7_TEST_DBS) $(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: install ## the unit layer: pure logic, no servers, in seconds (pytest -m unit)
+	$(BIN)/pytest -m unit $(PYTEST_ARGS)
+
+test-fast: install ## the suite without slow tests, Sentinel/Cluster, gunicorn or nginx
+	$(SYSTEM_PACKAGES) test
+	CREW7_TEST_DBS=$(CREW7_TEST_DBS) CREW7_TEST_REDIS=standalone \
+	  $(BIN)/pytest -m "not slow and not gunicorn and not nginx" $(PYTEST_ARGS)
 
 run: ## serve the app with demo data on 127.0.0.1:8000 (scripts/run.sh)
 	$(SYSTEM_PACKAGES) run

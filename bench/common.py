@@ -1,6 +1,6 @@
 """Shared pieces of bench/run.py and bench/drill.py.
 
-Servers: the test suite's RedisServer / PostgresServer (tests/servers.py), gunicorn with
+Servers: the test suite's RedisServer / PostgresServer (tests/support/servers.py), gunicorn with
 the production ``gunicorn.conf.py``, wrk. Every process is started here and stopped by its
 own pid; all traffic stays on 127.0.0.1.
 """
@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,7 +28,8 @@ LOGS = RESULTS / "tmp"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.servers import PostgresServer, RedisServer, free_port  # noqa: E402
+from tests.support.gunicorn import GunicornServer  # noqa: E402
+from tests.support.servers import PostgresServer, RedisServer  # noqa: E402
 
 __all__ = [
     "BENCH",
@@ -42,6 +42,10 @@ __all__ = [
     "RedisServer",
     "Stack",
     "app_env",
+    "env_number",
+    "results_file",
+    "stop_on_sigterm",
+    "write_results",
     "flask_cli",
     "log",
     "machine_info",
@@ -66,6 +70,33 @@ def log(message: str) -> None:
 
 def utc_stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+
+
+def env_number(name, default, kind=float):
+    """A numeric setting from the environment (BENCH_*, DRILL_*), else ``default``."""
+    raw = os.environ.get(name, "").strip()
+    return kind(raw) if raw else default
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so every ``finally`` stops the servers it started."""
+    signal.signal(signal.SIGTERM, _terminate)
+
+
+def results_file(prefix: str, stamp: str) -> Path:
+    """``bench/results/<prefix><stamp>.json``; creates the folder."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    return RESULTS / f"{prefix}{stamp}.json"
+
+
+def write_results(json_file: Path, doc: dict, markdown: str, write_markdown) -> None:
+    """The run's JSON, and its Markdown report as ``bench/results/<markdown>``."""
+    json_file.write_text(json.dumps(doc, indent=1, default=str), encoding="utf-8")
+    write_markdown(RESULTS / markdown, doc)
 
 
 def median(values):
@@ -169,22 +200,6 @@ def proc_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _children(ppid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii") as fh:
-                raw = fh.read()
-        except OSError:
-            continue
-        fields = raw[raw.rindex(")") + 2 :].split()
-        if int(fields[1]) == ppid:
-            out.append(int(entry))
-    return sorted(out)
-
-
 def machine_ticks() -> tuple[int, int]:
     """(busy, total) clock ticks of all CPUs since boot.
 
@@ -253,90 +268,28 @@ class CpuMeter:
         }
 
 
-class Gunicorn:
-    """gunicorn -c gunicorn.conf.py wsgi:app on 127.0.0.1, output to a log file."""
+class Gunicorn(GunicornServer):
+    """The test suite's GunicornServer as the bench runs it: a named log kept in ``logdir``,
+    gunicorn.conf.py's access log, only the environment given (see app_env)."""
 
     def __init__(self, name: str, env: dict, workers: int = 2, logdir: str | None = None):
-        self.name = name
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.logfile = os.path.join(logdir or tempfile.gettempdir(), f"gunicorn-{name}.log")
-        full_env = {**env, "WEB_CONCURRENCY": str(workers)}
-        full_env["GUNICORN_BIND"] = f"127.0.0.1:{self.port}"
-        self._log = open(self.logfile, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "wsgi:app"],
-            cwd=ROOT,
-            env=full_env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
+        super().__init__(
+            env,
+            workers,
+            name=name,
+            logfile=os.path.join(logdir or tempfile.gettempdir(), f"gunicorn-{name}.log"),
+            inherit_env=False,
+            mute_access_log=False,
+            ready_timeout=30,
+            stop_timeout=30,
         )
-        self.workers = workers
-        self._wait_ready()
         log(
             f"gunicorn {name}: master pid {self.proc.pid}, workers {self.worker_pids()}, "
             f"{self.url}, log {self.logfile}"
         )
 
-    def _wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn {self.name} exited:\n{self.tail()}")
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as r:
-                    if r.status == 200 and len(self.worker_pids()) >= self.workers:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"gunicorn {self.name} did not become ready")
-
-    def worker_pids(self) -> list[int]:
-        return _children(self.proc.pid)
-
     def cpu_snapshot(self) -> dict[int, float]:
         return {pid: proc_cpu_seconds(pid) or 0.0 for pid in self.worker_pids()}
-
-    def log_size(self) -> int:
-        try:
-            return os.path.getsize(self.logfile)
-        except OSError:
-            return 0
-
-    def log_since(self, offset: int) -> str:
-        with open(self.logfile, "rb") as fh:
-            fh.seek(offset)
-            return fh.read().decode("utf-8", "replace")
-
-    def tail(self, limit: int = 3000) -> str:
-        size = self.log_size()
-        return self.log_since(max(0, size - limit))
-
-    def save_log(self, dest: Path, keep_access_log: bool = False) -> Path:
-        """Copy the log (without access-log lines unless asked) to ``dest``."""
-        access = re.compile(r'^\S+ \S+ "[A-Z]+ \S+ HTTP/[0-9.]+" \d{3} ')
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with (
-            open(self.logfile, encoding="utf-8", errors="replace") as src,
-            open(dest, "w", encoding="utf-8") as out,
-        ):
-            for line in src:
-                if keep_access_log or not access.match(line):
-                    out.write(line)
-        return dest
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        self._log.close()
 
 
 # --------------------------------------------------------------------------

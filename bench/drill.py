@@ -1,6 +1,6 @@
 """crew7 fault drills: Redis and PostgreSQL failures under a steady load.
 
-``make drill``. Starts its own PostgreSQL and Redis (tests/servers.py), seeds a small data
+``make drill``. Starts its own PostgreSQL and Redis (tests/support/servers.py), seeds a small data
 set, starts gunicorn with the production ``gunicorn.conf.py`` (sync, 2 workers) and
 ``CREW7_CACHE_TRACE=true``, warms part of the crews, then runs a fixed-rate open-loop
 load of ``/metadata/crew/<id>`` (warm crews and never-requested cold crews) while it
@@ -30,7 +30,6 @@ import json
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -41,21 +40,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
     LOGS,
-    RESULTS,
     ROOT,
     Gunicorn,
     Stack,
     app_env,
+    env_number,
     flask_cli,
     log,
     machine_info,
     machine_ticks,
+    results_file,
+    stop_on_sigterm,
     tree_ticks,
     utc_stamp,
+    write_results,
 )
 from loadgen import percentile, run_fixed_rate  # noqa: E402
 
 from crew7.services.cache import document_key  # noqa: E402
+from tests.support.nginx import request  # noqa: E402
+from tests.support.processes import ServerError, wait_until  # noqa: E402
 
 WARM_CREWS = 200
 COLD_CREWS = 9000
@@ -75,11 +79,6 @@ EXPECTED = {
 RECOVERY_TOLERANCE = 0.05
 WINDOW = 1.0
 POLL = 0.25
-
-
-def env_number(name, default, kind=float):
-    raw = os.environ.get(name, "").strip()
-    return kind(raw) if raw else default
 
 
 # --------------------------------------------------------------------------
@@ -179,20 +178,18 @@ class Drill:
 
     # -- preparing -------------------------------------------------------------------
     def wait_healthy(self, timeout=60):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ready():
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=2)
-                conn.request("GET", "/readyz")
-                resp = conn.getresponse()
-                resp.read()
-                conn.close()
-                if resp.status == 200:
-                    return True
+                status, _, _ = request(self.server.port, "GET", "/readyz")
             except OSError:
-                pass
-            time.sleep(0.25)
-        return False
+                return False
+            return status == 200
+
+        try:
+            wait_until(ready, timeout, "the app ready (readyz)", interval=0.25)
+        except ServerError:
+            return False
+        return True
 
     def warm(self):
         for start in range(0, len(self.warm_ids), 100):
@@ -622,10 +619,6 @@ def _statuses(c):
 # --------------------------------------------------------------------------
 
 
-def _terminate(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main():
     rate = env_number("DRILL_RATE", 200.0)
     cold_share = env_number("DRILL_COLD_SHARE", 0.2)
@@ -638,10 +631,9 @@ def main():
     unknown = set(only) - set(DRILLS)
     if unknown:
         sys.exit(f"unknown drills {sorted(unknown)}; choose from {', '.join(DRILLS)}")
-    signal.signal(signal.SIGTERM, _terminate)
+    stop_on_sigterm()
     started = utc_stamp()
     t0 = time.monotonic()
-    RESULTS.mkdir(parents=True, exist_ok=True)
     stack = Stack()
     server = None
     try:
@@ -748,7 +740,7 @@ def main():
                     notes.append(f"{label} was not running after drill {name}: restarted")
                     server_obj.restart()
         stamp = started
-        json_file = RESULTS / f"drill-{stamp}.json"
+        json_file = results_file("drill-", stamp)
         doc = {
             "started": started,
             "finished": utc_stamp(),
@@ -770,8 +762,7 @@ def main():
             "drills": reports,
             "notes": notes,
         }
-        json_file.write_text(json.dumps(doc, indent=1, default=str), encoding="utf-8")
-        write_markdown(RESULTS / "drill-latest.md", doc)
+        write_results(json_file, doc, "drill-latest.md", write_markdown)
         log(
             f"wrote {json_file.relative_to(ROOT)} and bench/results/drill-latest.md "
             f"({doc['minutes']} min)"

@@ -18,7 +18,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tests.servers import RedisServer  # noqa: E402
+from tests.support.app import make_app  # noqa: E402
+from tests.support.servers import RedisServer  # noqa: E402
 
 N = 4000
 REPS = 7
@@ -33,17 +34,8 @@ def cpu_per_call(fn, n=N):
 
 def main():
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="crew7-hitpath-"))
-    from crew7 import create_app
-
     with RedisServer.start() as server, tempfile.TemporaryDirectory() as tmp:
-        app = create_app(
-            {
-                "DATABASE_URL": f"sqlite:///{tmp}/h.db",
-                "REDIS_URL": server.url,
-                "CACHE_WARM_ON_START": False,
-                "TESTING": True,
-            }
-        )
+        app = make_app(f"sqlite:///{tmp}/h.db", server.url)
         cache = app.extensions["crew7.cache"]
         key = cache.crew_key(1)
         document = b'{"name":"x","description":"' + b"y" * 1550 + b'","attributes":[]}'

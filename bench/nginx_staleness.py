@@ -34,11 +34,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.conftest import make_app, reset_schema  # noqa: E402
-from tests.gunicorn_server import GunicornServer  # noqa: E402
-from tests.servers import PostgresServer, RedisServer  # noqa: E402
-from tests.test_deploy import boot_gunicorn_options  # noqa: E402
-from tests.test_nginx_front import request, running_nginx  # noqa: E402
+from tests.support.app import dispose, make_app, make_user, reset_schema  # noqa: E402
+from tests.support.gunicorn import GunicornServer, boot_gunicorn_options  # noqa: E402
+from tests.support.nginx import find_nginx, request, running_nginx  # noqa: E402
+from tests.support.servers import PostgresServer, RedisServer  # noqa: E402
 
 
 def poll(port, path, expect, interval, duration):
@@ -79,7 +78,7 @@ def main(argv=None):
     parser.add_argument("--interval", type=float, default=0.25)
     parser.add_argument("--duration", type=float, default=10.0)
     args = parser.parse_args(argv)
-    if not shutil.which("nginx") and not Path("/usr/sbin/nginx").exists():
+    if find_nginx() is None:
         sys.exit("nginx is not installed (make test installs it)")
 
     conf_text = None
@@ -102,14 +101,8 @@ def main(argv=None):
             database_url = f"sqlite:///{workdir / 'crew7.sqlite3'}"
         app = make_app(database_url, redis_server.url)
         reset_schema(app)
-        from crew7.extensions import db
-        from crew7.services.users import create_user
-
-        with app.app_context():
-            _, token = create_user("alice")
-            db.session.remove()
-            db.engine.dispose()
-        auth = {"Authorization": f"Bearer {token}"}
+        auth = make_user(app, "alice")["headers"]
+        dispose(app)
         env = {
             "DATABASE_URL": database_url,
             "REDIS_URL": redis_server.url,
@@ -166,9 +159,9 @@ def main(argv=None):
         if gunicorn is not None:
             gunicorn.stop()
         if postgres is not None:
-            postgres.stop()
+            postgres.close()
         if redis_server is not None:
-            redis_server.stop()
+            redis_server.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -1,7 +1,7 @@
 """crew7 benchmark: cache hits against the floor, the reference and the database.
 
 ``make bench`` (or ``BENCH_SCALE=small make bench`` for a quick run). Starts its own
-PostgreSQL and Redis (tests/servers.py), migrates and seeds PostgreSQL, starts two
+PostgreSQL and Redis (tests/support/servers.py), migrates and seeds PostgreSQL, starts two
 gunicorns with the production ``gunicorn.conf.py`` (sync workers, WEB_CONCURRENCY=2,
 ``CREW7_BENCH_ROUTES=true``), one with the cache and one with
 ``CREW7_METADATA_CACHE_ENABLED=false``, and drives them with ``wrk -t1`` on 127.0.0.1.
@@ -31,7 +31,6 @@ import json
 import os
 import random
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -50,11 +49,15 @@ from common import (  # noqa: E402
     Gunicorn,
     Stack,
     app_env,
+    env_number,
     flask_cli,
     log,
     machine_info,
     median,
+    results_file,
+    stop_on_sigterm,
     utc_stamp,
+    write_results,
     wrk,
     wrk_script,
 )
@@ -111,11 +114,6 @@ TARGETS = {
     "hit_over_redis_get_rps": (None, None, "cache hit throughput / one bare Redis GET route"),
     "miss_history_p50_ratio": (None, None, "p50 latency of a miss: largest history / 10 runs"),
 }
-
-
-def env_number(name, default, kind=float):
-    raw = os.environ.get(name, "").strip()
-    return kind(raw) if raw else default
 
 
 # --------------------------------------------------------------------------
@@ -911,10 +909,6 @@ def write_png(path, doc):
 # --------------------------------------------------------------------------
 
 
-def _terminate(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main():
     scale = os.environ.get("BENCH_SCALE", "full").strip() or "full"
     if scale not in SCALES:
@@ -927,10 +921,9 @@ def main():
     max_minutes = env_number("BENCH_MAX_MINUTES", cfg["max_minutes"])
     noisy_others = env_number("BENCH_NOISY_OTHERS", 0.25)
     noisy_retries = env_number("BENCH_NOISY_RETRIES", 1, int)
-    signal.signal(signal.SIGTERM, _terminate)
+    stop_on_sigterm()
     started_at = utc_stamp()
     t_start = time.monotonic()
-    RESULTS.mkdir(parents=True, exist_ok=True)
     notes = []
     log(f"crew7 bench, scale {scale}: {reps} repetitions of {duration:g} s runs")
     stack = Stack()
@@ -981,7 +974,7 @@ def main():
         summary = summarize(repetitions)
         machine["loadavg_end"] = list(os.getloadavg())
         stamp = started_at
-        json_file = RESULTS / f"{stamp}.json"
+        json_file = results_file("", stamp)
         doc = {
             "started": started_at,
             "finished": utc_stamp(),
@@ -1014,8 +1007,7 @@ def main():
             "summary": summary,
             "notes": notes,
         }
-        json_file.write_text(json.dumps(doc, indent=1, default=str), encoding="utf-8")
-        write_markdown(RESULTS / "latest.md", doc)
+        write_results(json_file, doc, "latest.md", write_markdown)
         write_png(RESULTS / "latest.png", doc)
         log(
             f"wrote {json_file.relative_to(ROOT)}, bench/results/latest.md, "

@@ -23,28 +23,19 @@ if str(ROOT) not in sys.path:
 
 import redis  # noqa: E402
 
-from tests.servers import RedisServer  # noqa: E402
+from tests.support.app import make_app, reset_schema  # noqa: E402
+from tests.support.servers import RedisServer  # noqa: E402
 
 
 def main(n: int = 5000) -> dict:
-    from crew7 import create_app
-    from crew7.extensions import db
     from crew7.services.seed import seed_demo
 
     server = RedisServer.start()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            app = create_app(
-                {
-                    "TESTING": True,
-                    "DATABASE_URL": f"sqlite:///{tmp}/unknown.sqlite3",
-                    "REDIS_URL": server.url,
-                    "CACHE_WARM_ON_START": False,
-                    "NEGATIVE_TTL": 2,
-                }
-            )
+            app = make_app(f"sqlite:///{tmp}/unknown.sqlite3", server.url, NEGATIVE_TTL=2)
+            reset_schema(app)
             with app.app_context():
-                db.create_all()
                 seed_demo(3, 20, 1, 2, 5, 7)
             client = app.test_client()
             r = redis.Redis.from_url(server.url)
@@ -74,7 +65,7 @@ def main(n: int = 5000) -> dict:
             expired = snapshot()
             r.close()
     finally:
-        server.stop()
+        server.close()
     result = {
         "requests": n,
         "before": before,

@@ -1,100 +1,110 @@
 """Fixtures: a real redis-server and a real PostgreSQL, started on 127.0.0.1 for the run.
 
 Tests that use ``app`` run once per database in ``CREW7_TEST_DBS`` (default: sqlite and
-postgresql). A missing server binary skips those tests on a laptop and fails under
-``CI=true``.
+postgresql); tests marked ``topologies`` also run on Sentinel and Cluster, on SQLite only.
+Every server fixture starts its server on first use, so ``pytest -m unit`` starts none.
+A missing server binary skips on a laptop and fails under ``CI=true``
+(tests/support/ci.py). The runners themselves live in tests/support/.
 """
 
+import functools
 import os
+from pathlib import Path
 
 import pytest
-import redis
-from sqlalchemy import text
 
-from tests.servers import (
-    PostgresServer,
-    RedisCluster,
-    RedisSentinelSet,
-    RedisServer,
-    find_postgres_bin,
-    find_redis_server,
+from tests.support import app as support_app
+from tests.support.ci import require
+
+UNIT_DIR = Path(__file__).resolve().parent / "unit"
+# Fixtures that start a server; a unit test must not use any of them.
+SERVER_FIXTURES = frozenset(
+    {
+        "redis_server",
+        "postgres_server",
+        "redis_cluster",
+        "redis_sentinel",
+        "redis_client",
+        "redis_settings",
+        "database_url",
+        "app_factory",
+    }
 )
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
 
-
-def _missing(what):
-    message = f"{what} is not installed (make test installs it)"
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
+def _setting_list(name, default):
+    raw = os.environ.get(name, default)
+    return [part.strip() for part in raw.split(",") if part.strip()]
 
 
 def _test_dbs():
-    raw = os.environ.get("CREW7_TEST_DBS", "sqlite,postgresql")
-    return [d.strip() for d in raw.split(",") if d.strip()]
+    return _setting_list("CREW7_TEST_DBS", "sqlite,postgresql")
 
 
 def _test_topologies():
-    raw = os.environ.get("CREW7_TEST_REDIS", "standalone,sentinel,cluster")
-    return [t.strip() for t in raw.split(",") if t.strip()]
-
-
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "topologies: run against standalone Redis, Sentinel and Cluster"
-    )
+    return _setting_list("CREW7_TEST_REDIS", "standalone,sentinel,cluster")
 
 
 def pytest_generate_tests(metafunc):
-    if "db_kind" in metafunc.fixturenames:
+    names = metafunc.fixturenames
+    marked = metafunc.definition.get_closest_marker("topologies") is not None
+    topologies = _test_topologies() if marked else ["standalone"]
+    if "db_kind" in names and "redis_topology" in names:
+        # Sentinel and Cluster run on SQLite only: the database is not what they test.
+        pairs = [(db, "standalone") for db in _test_dbs() if "standalone" in topologies]
+        if "sqlite" in _test_dbs():
+            pairs += [("sqlite", t) for t in topologies if t != "standalone"]
+        metafunc.parametrize(("db_kind", "redis_topology"), pairs, scope="session")
+    elif "db_kind" in names:
         metafunc.parametrize("db_kind", _test_dbs(), scope="session")
-    if "redis_topology" in metafunc.fixturenames:
-        marked = metafunc.definition.get_closest_marker("topologies") is not None
-        topologies = _test_topologies() if marked else ["standalone"]
+    elif "redis_topology" in names:
         metafunc.parametrize("redis_topology", topologies, scope="session")
 
 
 def pytest_collection_modifyitems(config, items):
-    # Sentinel and Cluster runs use SQLite only: the database is not what they test.
-    kept, dropped = [], []
     for item in items:
-        params = getattr(item, "callspec", None)
-        params = params.params if params else {}
-        if (
-            params.get("redis_topology", "standalone") != "standalone"
-            and params.get("db_kind", "sqlite") != "sqlite"
-        ):
-            dropped.append(item)
-        else:
-            kept.append(item)
-    if dropped:
-        config.hook.pytest_deselected(items=dropped)
-        items[:] = kept
+        if UNIT_DIR in Path(item.path).parents:
+            item.add_marker(pytest.mark.unit)
+            used = SERVER_FIXTURES.intersection(item.fixturenames)
+            if used:
+                raise pytest.UsageError(f"{item.nodeid}: a unit test uses {sorted(used)}")
+        params = item.callspec.params if hasattr(item, "callspec") else {}
+        if params.get("db_kind") == "postgresql":
+            item.add_marker(pytest.mark.postgresql)
+
+
+@pytest.fixture(autouse=True)
+def _dispose_apps():
+    """Close the database connections of the apps the test built, before they are dropped."""
+    yield
+    support_app.dispose_all()
 
 
 @pytest.fixture(scope="session")
 def redis_server():
-    if find_redis_server() is None:
-        _missing("redis-server")
+    from tests.support.servers import RedisServer, find_redis_server
+
+    require(find_redis_server(), "redis-server")
     server = RedisServer.start()
     yield server
-    server.stop()
+    server.close()
 
 
 @pytest.fixture(scope="session")
 def postgres_server():
-    if find_postgres_bin() is None:
-        _missing("PostgreSQL")
+    from tests.support.servers import PostgresServer, find_postgres_bin
+
+    require(find_postgres_bin(), "PostgreSQL")
     server = PostgresServer.start()
     yield server
-    server.stop()
+    server.close()
 
 
 @pytest.fixture(scope="session")
 def redis_cluster():
-    if find_redis_server() is None:
-        _missing("redis-server")
+    from tests.support.servers import RedisCluster, find_redis_server
+
+    require(find_redis_server(), "redis-server")
     cluster = RedisCluster.start(masters=3, replicas=0)
     yield cluster
     cluster.close()
@@ -102,8 +112,9 @@ def redis_cluster():
 
 @pytest.fixture(scope="session")
 def redis_sentinel():
-    if find_redis_server() is None:
-        _missing("redis-server")
+    from tests.support.servers import RedisSentinelSet, find_redis_server
+
+    require(find_redis_server(), "redis-server")
     sentinels = RedisSentinelSet.start()
     yield sentinels
     sentinels.close()
@@ -126,6 +137,8 @@ def redis_settings(redis_topology, request):
 @pytest.fixture
 def redis_client(redis_topology, request):
     """A client of this test's Redis (its primaries), emptied first."""
+    import redis
+
     if redis_topology == "cluster":
         cluster = request.getfixturevalue("redis_cluster")
         cluster.flushall()
@@ -148,52 +161,25 @@ def database_url(db_kind, request, tmp_path):
     return server.url
 
 
-def make_app(database_url, redis_url=None, **overrides):
-    from crew7 import create_app
-
-    config = {
-        "TESTING": True,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url or "redis://127.0.0.1:6379/0",
-        "CACHE_WARM_ON_START": False,
-        "SECRET_KEY": "test",
-    }
-    config.update(overrides)
-    return create_app(config)
-
-
-def reset_schema(app):
-    from crew7.extensions import db
-
-    with app.app_context():
-        if db.engine.dialect.name == "postgresql":
-            db.drop_all()
-        db.create_all()
-
-
 @pytest.fixture
 def app_factory(database_url, redis_settings, redis_client):
     """Build apps on this test's database and Redis; the schema is created fresh once."""
     created = []
 
     def factory(**overrides):
-        app = make_app(database_url, **{**redis_settings, **overrides})
+        app = support_app.make_app(database_url, **{**redis_settings, **overrides})
         if not created:
-            reset_schema(app)
+            support_app.reset_schema(app)
         created.append(app)
         return app
 
     yield factory
-    from crew7.extensions import db
-
     for app in created:
         views = app.extensions["crew7.cache"].views
         if views is not None:
             # A Cluster buffers views for a second: send them now, not into the next test.
             views.flush()
-        with app.app_context():
-            db.session.remove()
-            db.engine.dispose()
+        support_app.dispose(app)
 
 
 @pytest.fixture
@@ -213,38 +199,20 @@ def runner(app):
 
 @pytest.fixture
 def make_user(app):
-    from crew7.services.users import create_user
-
-    def factory(name, admin=False):
-        with app.app_context():
-            user, token = create_user(name, admin=admin)
-            return {
-                "id": user.id,
-                "name": name,
-                "token": token,
-                "headers": {"Authorization": f"Bearer {token}"},
-            }
-
-    return factory
+    """``make_user(name, admin=False)`` on this test's app (tests/support/app.py's helper)."""
+    return functools.partial(support_app.make_user, app)
 
 
 @pytest.fixture
-def alice(make_user):
-    return make_user("alice")
+def alice(app):
+    return support_app.make_user(app, "alice")
 
 
 @pytest.fixture
-def bob(make_user):
-    return make_user("bob")
+def bob(app):
+    return support_app.make_user(app, "bob")
 
 
 @pytest.fixture
 def cache(app):
     return app.extensions["crew7.cache"]
-
-
-def db_scalar(app, sql, **params):
-    from crew7.extensions import db
-
-    with app.app_context():
-        return db.session.execute(text(sql), params).scalar()

@@ -1,9 +1,10 @@
 """The crews API: statuses, validation, ownership and visibility, on both databases."""
 
+import flask
 import pytest
 from openapi_spec_validator import validate
 
-from tests.conftest import db_scalar
+from tests.support.app import db_scalar
 
 
 def error_of(response):
@@ -361,8 +362,18 @@ def test_large_token_counts_are_validated(client, app, alice):
     assert r.status_code == 422 and count(app, "runs") == 0
 
 
-def test_no_cookie_sessions(client, alice):
+def test_no_cookie_sessions(app, client, alice):
     r = client.get("/crews")
     assert "Set-Cookie" not in r.headers
     r = client.post("/crews", json={"name": "c"}, headers=alice["headers"])
     assert r.status_code == 201 and "Set-Cookie" not in r.headers
+    # A session cookie a client sends is neither read nor renewed.
+    client.set_cookie("session", "eyJ4IjoxfQ.ZZZZZZ.signature")
+    r = client.get("/crews")
+    assert r.status_code == 200 and "Set-Cookie" not in r.headers
+    # No session is opened: Flask falls back to its null session, which refuses writes.
+    with app.test_request_context("/crews", headers={"Cookie": "session=x"}):
+        assert app.session_interface.open_session(app, flask.request) is None
+        assert app.session_interface.is_null_session(flask.session)
+        with pytest.raises(RuntimeError, match="session is unavailable"):
+            flask.session["user"] = "alice"

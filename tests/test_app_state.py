@@ -3,7 +3,7 @@
 import json
 import threading
 
-from tests.conftest import make_app
+from tests.support.app import make_app
 
 
 def test_two_apps_keep_their_own_api_document_and_headers(database_url, redis_server):

@@ -6,17 +6,14 @@ import time
 import pytest
 from sqlalchemy import event
 
-from tests.helpers import body, seed_crew
+from tests.support.app import make_user
+from tests.support.helpers import body, seed_crew
 
 pytestmark = pytest.mark.topologies
 
 
 def _owner(app):
-    from crew7.services.users import create_user
-
-    with app.app_context():
-        _, token = create_user("owner")
-    return {"headers": {"Authorization": f"Bearer {token}"}}
+    return make_user(app, "owner")
 
 
 class Statements:

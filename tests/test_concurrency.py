@@ -5,20 +5,15 @@ import time
 
 import pytest
 
-from tests.helpers import body, seed_crew
+from tests.support.app import make_user
+from tests.support.helpers import body, seed_crew
 
 pytestmark = pytest.mark.topologies
 
 
 def make(app_factory, **settings):
     app = app_factory(**settings)
-    from crew7.services.users import create_user
-
-    with app.app_context():
-        _, token = create_user("owner")
-    client = app.test_client()
-    user = {"headers": {"Authorization": f"Bearer {token}"}}
-    return app, client, user
+    return app, app.test_client(), make_user(app, "owner")
 
 
 def test_fill_after_invalidation_is_fenced_out(app_factory, redis_client):
@@ -80,6 +75,7 @@ def test_dead_holder_is_replaced_after_its_lease(app_factory, redis_client):
     assert redis_client.exists(f"metadata:crew:{crew['id']}")
 
 
+@pytest.mark.slow
 def test_hot_key_is_refreshed_before_it_expires(app_factory, redis_client):
     """XFetch: over three TTLs of steady traffic only the very first request misses."""
     app, client, user = make(app_factory, METADATA_TTL=2, CACHE_EARLY_REFRESH_WINDOW=1.0)

@@ -2,30 +2,26 @@
 
 import pytest
 
-from tests.helpers import body, seed_crew
-from tests.servers import PostgresServer, find_postgres_bin
+from tests.support.app import make_app, make_user, reset_schema
+from tests.support.ci import missing
+from tests.support.helpers import body, seed_crew
+from tests.support.servers import PostgresServer, find_postgres_bin
 
 
 @pytest.fixture
 def own_postgres():
     if find_postgres_bin() is None:
-        pytest.skip("PostgreSQL is not installed")
+        missing("PostgreSQL")
     server = PostgresServer.start()
     yield server
     server.close()
 
 
 def test_database_down(own_postgres, redis_server, redis_client):
-    from tests.conftest import make_app, reset_schema
-
     app = make_app(own_postgres.url, redis_server.url)
     reset_schema(app)
-    from crew7.services.users import create_user
-
-    with app.app_context():
-        _, token = create_user("owner")
     client = app.test_client()
-    user = {"headers": {"Authorization": f"Bearer {token}"}}
+    user = make_user(app, "owner")
     cached, _ = seed_crew(client, user, agents=0)
     uncached, _ = seed_crew(client, user, agents=0, name="Cold")
     assert client.get(f"/metadata/crew/{cached['id']}").status_code == 200
@@ -55,8 +51,6 @@ def test_database_down(own_postgres, redis_server, redis_client):
 def test_database_lost_before_teardown_keeps_the_response(own_postgres, redis_server):
     """The session's end-of-request rollback on a dead connection must not turn a finished
     response into the WSGI server's HTML 500."""
-    from tests.conftest import make_app, reset_schema
-
     app = make_app(own_postgres.url, redis_server.url)
     reset_schema(app)
 

@@ -5,14 +5,16 @@ import time
 
 import pytest
 
-from tests.helpers import body, seed_crew
-from tests.servers import RedisServer, find_redis_server
+from tests.support.app import make_user
+from tests.support.ci import missing
+from tests.support.helpers import body, seed_crew
+from tests.support.servers import RedisServer, find_redis_server
 
 
 @pytest.fixture
 def own_redis():
     if find_redis_server() is None:
-        pytest.skip("redis-server is not installed")
+        missing("redis-server")
     server = RedisServer.start()
     yield server
     server.stop()
@@ -21,12 +23,8 @@ def own_redis():
 @pytest.fixture
 def fragile_app(app_factory, own_redis):
     app = app_factory(REDIS_URL=own_redis.url, BREAKER_THRESHOLD=3, BREAKER_COOLDOWN=1.0)
-    from crew7.services.users import create_user
-
-    with app.app_context():
-        _, token = create_user("dora")
     client = app.test_client()
-    user = {"headers": {"Authorization": f"Bearer {token}"}}
+    user = make_user(app, "dora")
     crew, agents = seed_crew(client, user, agents=1)
     return app, client, user, crew["id"], agents[0]["id"]
 
@@ -41,6 +39,7 @@ def breaker_messages(caplog):
     return [r.getMessage() for r in caplog.records if "circuit breaker" in r.getMessage()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["stopped", "frozen"])
 def test_requests_answer_while_redis_is_down(fragile_app, own_redis, caplog, fault):
     app, client, user, cid, aid = fragile_app
@@ -127,14 +126,10 @@ def test_frozen_redis_costs_no_more_than_the_socket_timeout(fragile_app, own_red
         own_redis.resume()
 
 
-def test_cache_disabled_by_setting(app_factory, redis_client, make_user):
+def test_cache_disabled_by_setting(app_factory, redis_client):
     app = app_factory(METADATA_CACHE_ENABLED=False)
     client = app.test_client()
-    from crew7.services.users import create_user
-
-    with app.app_context():
-        _, token = create_user("erin")
-    crew, _ = seed_crew(client, {"headers": {"Authorization": f"Bearer {token}"}}, agents=0)
+    crew, _ = seed_crew(client, make_user(app, "erin"), agents=0)
     for _ in range(3):
         assert client.get(f"/metadata/crew/{crew['id']}").status_code == 200
     cache = app.extensions["crew7.cache"]

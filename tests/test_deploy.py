@@ -10,12 +10,9 @@ import json
 import os
 import re
 import runpy
-import shlex
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -25,9 +22,18 @@ import yaml
 from jsonschema import Draft201909Validator
 from jsonschema.validators import validator_for
 
+from tests.support.nginx import (
+    NGINX_CONF,
+    RATE_ZONES,
+    nginx_binary,
+    nginx_workdir,
+    render_nginx_conf,
+    start_nginx,
+)
+from tests.support.processes import free_port, port_accepts, stop_process, wait_until
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
-NGINX_CONF = ROOT / "deploy" / "nginx.conf"
 GUNICORN_CONF = ROOT / "gunicorn.conf.py"
 BOOT = ROOT / "deploy" / "boot.sh"
 BODY_LIMIT = 64 * 1024
@@ -118,19 +124,7 @@ def test_app_service_settings(compose):
 
 def gunicorn_settings():
     """The settings gunicorn.conf.py gives gunicorn, read as gunicorn reads them."""
-    import runpy
-
     return runpy.run_path(str(ROOT / "gunicorn.conf.py"))
-
-
-def boot_gunicorn_options():
-    """The options deploy/boot.sh gives gunicorn besides -c gunicorn.conf.py, as pairs."""
-    (line,) = [
-        line.strip() for line in BOOT.read_text().splitlines() if line.strip().startswith("exec ")
-    ]
-    words = shlex.split(line)[2:]  # after "exec gunicorn"
-    options = words[: words.index("-c")]
-    return list(zip(options[::2], options[1::2], strict=True))
 
 
 def test_redis_is_a_bounded_cache(compose):
@@ -173,69 +167,17 @@ def test_dockerfile():
 # --- nginx -------------------------------------------------------------------------------
 
 
-def _nginx_binary():
-    found = shutil.which("nginx") or next(
-        (
-            p
-            for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
-            if os.access(p, os.X_OK)
-        ),
-        None,
-    )
-    if found is None:
-        message = "nginx is not installed"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + " (required when CI=true)")
-        pytest.skip(message)
-    return found
-
-
 @pytest.fixture
 def nginx_dir():
-    # Not pytest's tmp_path: its parent is private to the user, and nginx's workers run as
-    # another user when the tests run as root, yet must reach the cache and temp folders.
-    path = Path(tempfile.mkdtemp(prefix="crew7-nginx-"))
-    path.chmod(0o755)
+    path = nginx_workdir()
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
 
-RATE_ZONES = ("crew7_metadata", "crew7_stats", "crew7_api")
-
-
-def render_nginx_conf(workdir, listen_port, upstream, limits=None, conf_text=None):
-    """deploy/nginx.conf with its host-specific values pointed at workdir and loopback.
-
-    limits: {zone: (rate, burst)} replaces a rate limit's production values, e.g.
-    {"crew7_api": ("1r/m", 2)}: three requests in a row pass, the fourth is refused.
-    conf_text: another version of the file (an older one, to compare).
-    """
-    text = NGINX_CONF.read_text() if conf_text is None else conf_text
-    for old, new in (
-        ("server app:8000;", f"server {upstream};"),
-        ("listen 80 default_server;", f"listen 127.0.0.1:{listen_port} default_server;"),
-        ("/var/run/nginx.pid", str(workdir / "nginx.pid")),
-        ("/var/cache/nginx", str(workdir / "cache")),
-        ("/dev/stdout", str(workdir / "access.log")),
-        ("/dev/stderr", str(workdir / "error.log")),
-    ):
-        assert old in text, f"{old!r} not found in deploy/nginx.conf"
-        text = text.replace(old, new)
-    for zone, (rate, burst) in (limits or {}).items():
-        text, zones = re.subn(
-            rf"(limit_req_zone \S+ zone={zone}:\S+ rate=)\S+;", rf"\g<1>{rate};", text
-        )
-        text, uses = re.subn(rf"(limit_req zone={zone} burst=)\d+", rf"\g<1>{burst}", text)
-        assert (zones, uses) == (1, 1), f"rate limit {zone} not found in deploy/nginx.conf"
-    (workdir / "cache").mkdir(exist_ok=True)
-    path = workdir / "nginx.conf"
-    path.write_text(text)
-    return path
-
-
+@pytest.mark.nginx
 def test_nginx_config_is_valid(nginx_dir):
-    nginx = _nginx_binary()
-    conf = render_nginx_conf(nginx_dir, _free_port(), "127.0.0.1:9")
+    nginx = nginx_binary()
+    conf = render_nginx_conf(nginx_dir, free_port(), "127.0.0.1:9")
     result = subprocess.run(
         [nginx, "-t", "-q", "-e", "stderr", "-p", str(nginx_dir), "-c", str(conf)],
         capture_output=True,
@@ -441,48 +383,14 @@ ECHO_APP = textwrap.dedent(
 )
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _logs(*paths):
-    return "\n".join(p.read_text(errors="replace") for p in paths if p.exists())
-
-
-def _wait_for_port(port, proc, logs, deadline=8.0):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            pytest.fail(f"exited with {proc.returncode}:\n{_logs(*logs)}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    pytest.fail(f"port {port} not open after {deadline}s:\n{_logs(*logs)}")
-
-
-def _stop(proc):
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-
-
 @pytest.fixture
 def stack(nginx_dir):
     """nginx (deploy/nginx.conf) -> gunicorn (gunicorn.conf.py) -> an echo app."""
-    nginx = _nginx_binary()
+    nginx_binary()
     (nginx_dir / "echo_app.py").write_text(ECHO_APP)
-    app_port, proxy_port = _free_port(), _free_port()
+    app_port, proxy_port = free_port(), free_port()
     procs = []
     gunicorn_log = nginx_dir / "gunicorn.log"
-    nginx_log = nginx_dir / "nginx.out"
     try:
         with gunicorn_log.open("wb") as out:
             procs.append(
@@ -503,32 +411,19 @@ def stack(nginx_dir):
                     stdin=subprocess.DEVNULL,
                 )
             )
+        wait_until(
+            lambda: port_accepts(app_port),
+            8.0,
+            f"gunicorn listening on port {app_port}",
+            proc=procs[0],
+            logs=[gunicorn_log],
+        )
         conf = render_nginx_conf(nginx_dir, proxy_port, f"127.0.0.1:{app_port}")
-        with nginx_log.open("wb") as out:
-            procs.append(
-                subprocess.Popen(
-                    [
-                        nginx,
-                        "-e",
-                        "stderr",
-                        "-p",
-                        str(nginx_dir),
-                        "-c",
-                        str(conf),
-                        "-g",
-                        "daemon off;",
-                    ],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                )
-            )
-        _wait_for_port(app_port, procs[0], [gunicorn_log])
-        _wait_for_port(proxy_port, procs[1], [nginx_log, nginx_dir / "error.log"])
+        procs.append(start_nginx(nginx_dir, conf, proxy_port))
         yield {"port": proxy_port, "gunicorn_log": gunicorn_log}
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop_process(proc, timeout=5)
 
 
 def _request(port, path, method="GET", headers=None, body=None):
@@ -551,6 +446,8 @@ def _json(response):
     return headers, json.loads(data)
 
 
+@pytest.mark.nginx
+@pytest.mark.gunicorn
 def test_nginx_in_front_of_gunicorn(stack):
     port = stack["port"]
 

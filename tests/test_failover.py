@@ -6,14 +6,18 @@ import time
 
 import pytest
 
-from tests.helpers import seed_crew
-from tests.servers import RedisSentinelSet, find_redis_server
+from tests.support.app import make_user
+from tests.support.ci import missing
+from tests.support.helpers import seed_crew
+from tests.support.servers import RedisSentinelSet, find_redis_server
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def own_sentinels():
     if find_redis_server() is None:
-        pytest.skip("redis-server is not installed")
+        missing("redis-server")
     sentinels = RedisSentinelSet.start()
     yield sentinels
     sentinels.close()
@@ -27,12 +31,8 @@ def test_sentinel_master_killed_under_load(own_sentinels, app_factory, db_kind):
         REDIS_SENTINEL_MASTER=own_sentinels.master_name,
         BREAKER_COOLDOWN=0.5,
     )
-    from crew7.services.users import create_user
-
-    with app.app_context():
-        _, token = create_user("owner")
     client = app.test_client()
-    user = {"headers": {"Authorization": f"Bearer {token}"}}
+    user = make_user(app, "owner")
     crews = [seed_crew(client, user, agents=0, name=f"c{n}")[0]["id"] for n in range(5)]
     cache = app.extensions["crew7.cache"]
     results = []

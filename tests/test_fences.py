@@ -14,9 +14,12 @@ import time
 import pytest
 import redis
 
-from tests.conftest import make_app, reset_schema
-from tests.helpers import body, seed_crew
-from tests.servers import RedisServer, find_redis_server
+from tests.support.app import make_app, make_user, reset_schema
+from tests.support.ci import missing
+from tests.support.helpers import body, seed_crew
+from tests.support.servers import RedisServer, find_redis_server
+
+pytestmark = pytest.mark.slow
 
 
 def _race(app, client, user, url, fault, fill_delay_wait=0.3):
@@ -49,18 +52,14 @@ def _race(app, client, user, url, fault, fill_delay_wait=0.3):
 
 
 def _user(app):
-    from crew7.services.users import create_user
-
-    with app.app_context():
-        _, token = create_user("owner")
-    return {"headers": {"Authorization": f"Bearer {token}"}}
+    return make_user(app, "owner")
 
 
 @pytest.fixture
 def own_redis():
     """A Redis of this test's own, so it can be restarted or starved of memory."""
     if find_redis_server() is None:
-        pytest.skip("redis-server is not installed (make test installs it)")
+        missing("redis-server")
     servers = []
 
     def start(*args):

@@ -7,7 +7,7 @@ import urllib.parse
 import pytest
 from sqlalchemy import text
 
-from tests.helpers import seed_crew
+from tests.support.helpers import seed_crew
 
 
 def error_of(response, status):
@@ -363,17 +363,13 @@ def test_no_rule_ends_with_a_slash(app):
 @pytest.fixture
 def served(database_url, redis_server):
     """gunicorn (1 worker, gunicorn.conf.py) serving the app on this test's database."""
-    from crew7.extensions import db
-    from crew7.services.users import create_user
-    from tests.conftest import make_app, reset_schema
-    from tests.gunicorn_server import GunicornServer
+    from tests.support.app import dispose, make_app, make_user, reset_schema
+    from tests.support.gunicorn import GunicornServer
 
     app = make_app(database_url, redis_server.url)
     reset_schema(app)
-    with app.app_context():
-        _, token = create_user("alice")
-        db.session.remove()
-        db.engine.dispose()
+    token = make_user(app, "alice")["token"]
+    dispose(app)
     env = {
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_server.url,
@@ -406,6 +402,7 @@ def raw_request(port, method, path, body=None, headers=None, chunked=False):
         conn.close()
 
 
+@pytest.mark.gunicorn
 def test_through_gunicorn(served):
     server, auth = served
     json_auth = {**auth, "Content-Type": "application/json"}

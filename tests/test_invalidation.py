@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.helpers import attrs, body, seed_crew
+from tests.support.helpers import attrs, body, seed_crew
 
 pytestmark = pytest.mark.topologies
 
@@ -45,8 +45,10 @@ def test_patch_crew_invalidates_crew_agents_list_and_agents(
 
 def test_noop_patch_invalidates_nothing(client, alice, crew_setup, redis_client):
     cid, agents = crew_setup
-    client.patch(f"/crews/{cid}", json={"name": "Research Crew"}, headers=alice["headers"])
-    client.patch(f"/crews/{cid}", json={}, headers=alice["headers"])
+    r = client.patch(f"/crews/{cid}", json={"name": "Research Crew"}, headers=alice["headers"])
+    assert r.status_code == 200 and body(r)["name"] == "Research Crew"
+    r = client.patch(f"/crews/{cid}", json={}, headers=alice["headers"])
+    assert r.status_code == 200 and body(r)["name"] == "Research Crew"
     assert all(cached(redis_client, cid, agents).values())
 
 

@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from tests.helpers import attrs, body, commands_between, commandstats, seed_crew
+from tests.support.app import make_user
+from tests.support.helpers import attrs, body, commands_between, commandstats, seed_crew
 
 pytestmark = pytest.mark.topologies
 
@@ -117,14 +118,10 @@ def test_keys_values_and_ttls(client, alice, redis_client, app):
     assert 175 <= redis_client.ttl("stats:leaderboard:runs") <= 180
 
 
-def test_ttls_and_namespace_are_settings(app_factory, redis_client, make_user):
+def test_ttls_and_namespace_are_settings(app_factory, redis_client):
     app = app_factory(METADATA_TTL=42, CACHE_NAMESPACE="c7:")
     client = app.test_client()
-    from crew7.services.users import create_user
-
-    with app.app_context():
-        _, token = create_user("carol")
-    user = {"headers": {"Authorization": f"Bearer {token}"}}
+    user = make_user(app, "carol")
     crew, _ = seed_crew(client, user, agents=0)
     client.get(f"/metadata/crew/{crew['id']}")
     assert redis_client.get(f"metadata:crew:{crew['id']}") is None

@@ -6,7 +6,9 @@ import re
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.gunicorn_server import GunicornServer
+import pytest
+
+from tests.support.gunicorn import GunicornServer
 
 
 def fetch(url, headers=None):
@@ -37,6 +39,8 @@ def event_total(text, family=None, event=None):
     return total
 
 
+@pytest.mark.slow
+@pytest.mark.gunicorn
 def test_counters_reconcile_across_workers(app, database_url, redis_server, redis_client):
     from crew7.services.seed import seed_demo
     from crew7.services.users import create_user

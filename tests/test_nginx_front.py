@@ -16,33 +16,23 @@ Without nginx the tests skip, and fail under CI=true.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import http.client
 import json
 import re
 import shutil
 import socket
-import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import redis
 
-from tests.conftest import make_app, reset_schema
-from tests.gunicorn_server import GunicornServer
-from tests.test_deploy import (
-    BODY_LIMIT,
-    _free_port,
-    _nginx_binary,
-    _stop,
-    _wait_for_port,
-    boot_gunicorn_options,
-    render_nginx_conf,
-)
+from tests.support.app import dispose, make_app, make_user, reset_schema
+from tests.support.gunicorn import GunicornServer, boot_gunicorn_options
+from tests.support.nginx import nginx_binary, nginx_workdir, request, running_nginx
+from tests.test_deploy import BODY_LIMIT
+
+pytestmark = [pytest.mark.nginx, pytest.mark.gunicorn]
 
 SPOOFED = "203.0.113.7"
 SECURITY_HEADERS = {
@@ -51,22 +41,6 @@ SECURITY_HEADERS = {
     "x-frame-options": "DENY",
     "content-security-policy": "default-src 'none'; frame-ancestors 'none'",
 }
-
-
-def request(port, method, path, body=None, headers=None):
-    """One request on a new connection: (status, lower-cased headers, body bytes)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        hdrs = dict(headers or {})
-        if isinstance(body, dict):
-            body = json.dumps(body).encode()
-            hdrs.setdefault("Content-Type", "application/json")
-        conn.request(method, path, body=body, headers=hdrs)
-        response = conn.getresponse()
-        data = response.read()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
-    finally:
-        conn.close()
 
 
 def json_body(headers, data):
@@ -116,45 +90,11 @@ class Front:
         return len(re.findall(rf"cache compute key={re.escape(key)} ", self.gunicorn.output()))
 
 
-@contextlib.contextmanager
-def running_nginx(upstream, limits=None, edit=None, conf_text=None):
-    """nginx with the rendered deploy/nginx.conf in front of upstream: yields its port.
-
-    edit: a function of the rendered text, for a test that needs another timeout.
-    conf_text: another version of deploy/nginx.conf (bench/nginx_staleness.py).
-    """
-    nginx = _nginx_binary()
-    # Not pytest's tmp_path: nginx's workers may run as another user (see test_deploy.py).
-    workdir = Path(tempfile.mkdtemp(prefix="crew7-front-"))
-    workdir.chmod(0o755)
-    proc = None
-    try:
-        port = _free_port()
-        conf = render_nginx_conf(workdir, port, upstream, limits=limits, conf_text=conf_text)
-        if edit is not None:
-            conf.write_text(edit(conf.read_text()))
-        with (workdir / "nginx.out").open("wb") as out:
-            proc = subprocess.Popen(
-                [nginx, "-e", "stderr", "-p", str(workdir), "-c", str(conf)]
-                + ["-g", "daemon off;"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        _wait_for_port(port, proc, [workdir / "nginx.out", workdir / "error.log"])
-        yield port
-    finally:
-        if proc is not None:
-            _stop(proc)
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def front(db_kind, request, redis_server):
     """nginx -> gunicorn (2 workers) -> the app, on the database of db_kind."""
-    _nginx_binary()
-    workdir = Path(tempfile.mkdtemp(prefix="crew7-front-db-"))
-    workdir.chmod(0o755)
+    nginx_binary()
+    workdir = nginx_workdir("crew7-front-db-")
     if db_kind == "sqlite":
         database_url = f"sqlite:///{workdir / 'crew7.sqlite3'}"
     else:
@@ -164,13 +104,8 @@ def front(db_kind, request, redis_server):
     client.close()
     app = make_app(database_url, redis_server.url)
     reset_schema(app)
-    from crew7.extensions import db
-    from crew7.services.users import create_user
-
-    with app.app_context():
-        _, token = create_user("alice")
-        db.session.remove()
-        db.engine.dispose()
+    token = make_user(app, "alice")["token"]
+    dispose(app)
     env = {
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_server.url,

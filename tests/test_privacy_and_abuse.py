@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from tests.conftest import make_app
-from tests.helpers import body, seed_crew
-from tests.servers import free_port
+from tests.support.app import make_app
+from tests.support.helpers import body, seed_crew
+from tests.support.processes import free_port
 
 RUN = {"status": "succeeded", "duration": 3.0}
 

@@ -1,4 +1,4 @@
-"""Tests for tests/servers.py: the real Redis and PostgreSQL test servers."""
+"""Tests for tests/support/servers.py: the real Redis and PostgreSQL test servers."""
 
 import os
 import time
@@ -7,23 +7,12 @@ import psycopg
 import pytest
 import redis
 
-try:
-    from tests import servers
-except ImportError:  # tests/ is not a package: pytest put it on sys.path
-    import servers
+from tests.support import servers
+from tests.support.ci import require
 
 
 def _require(found, what):
-    """Skip when a server binary is missing; under CI=true that is a failure."""
-    if found:
-        return found
-    message = (
-        f"{what} not found: install it (make test does so as root with apt-get) "
-        "or the test servers cannot run"
-    )
-    if os.environ.get("CI") == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    return require(found, what, "make test installs it as root with apt-get")
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.gunicorn_server import GunicornServer
-from tests.stale_checker import stale_reads
+from tests.support.gunicorn import GunicornServer
+from tests.support.stale_checker import stale_reads
 
 
 def request(port, method, path, body=None, headers=None, timeout=10):
@@ -69,6 +69,8 @@ def server_env(database_url, redis_server, **extra):
     return env
 
 
+@pytest.mark.slow
+@pytest.mark.gunicorn
 def test_stress_single_flight_and_no_stale_reads(seeded, database_url, redis_server, redis_client):
     headers, contended = seeded
     env = server_env(database_url, redis_server, CACHE_FILL_DELAY=0.05)
@@ -155,6 +157,8 @@ def test_stress_single_flight_and_no_stale_reads(seeded, database_url, redis_ser
     assert rejected > 0
 
 
+@pytest.mark.slow
+@pytest.mark.gunicorn
 def test_dead_holder_under_gunicorn(seeded, database_url, redis_server, redis_client):
     env = server_env(
         database_url, redis_server, CACHE_FILL_DELAY=1.5, CACHE_LOCK_LEASE=1.0, CACHE_WAIT_MAX=4.0

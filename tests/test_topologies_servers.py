@@ -1,4 +1,4 @@
-"""Tests for the Redis Cluster and Redis Sentinel helpers in tests/servers.py.
+"""Tests for the Redis Cluster and Redis Sentinel helpers in tests/support/servers.py.
 
 One cluster (3 masters, 3 replicas) and one Sentinel set per module; the failover tests
 leave a working topology behind, so the order of the tests does not matter.
@@ -11,23 +11,12 @@ import pytest
 import redis
 from redis.sentinel import Sentinel
 
-try:
-    from tests import servers
-except ImportError:  # tests/ is not a package: pytest put it on sys.path
-    import servers
+from tests.support import servers
+from tests.support.ci import require
 
 
 def _require(found, what):
-    """Skip when a binary is missing; under CI=true that is a failure."""
-    if found:
-        return found
-    message = (
-        f"{what} not found: install it (make test does so as root with apt-get) "
-        "or the test servers cannot run"
-    )
-    if os.environ.get("CI") == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    return require(found, what, "make test installs it as root with apt-get")
 
 
 def _gone(pid):
@@ -95,6 +84,7 @@ def test_cluster_client_across_slots(cluster):
         client.close()
 
 
+@pytest.mark.slow
 def test_cluster_kill_master_fails_over(cluster):
     masters = cluster.master_nodes()
     killed = cluster.kill_master(0)
@@ -137,6 +127,7 @@ def test_sentinel_master_for_set_get(sentinel_set):
     master.close()
 
 
+@pytest.mark.slow
 def test_sentinel_kill_master_fails_over(sentinel_set):
     sentinel = Sentinel(sentinel_set.sentinels, socket_timeout=1)
     old_client = sentinel.master_for("mymaster", socket_timeout=1)

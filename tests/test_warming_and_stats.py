@@ -6,8 +6,8 @@ import urllib.request
 
 import pytest
 
-from tests.gunicorn_server import GunicornServer
-from tests.helpers import body, redis_env, seed_crew
+from tests.support.gunicorn import GunicornServer
+from tests.support.helpers import body, redis_env, seed_crew
 
 pytestmark = pytest.mark.topologies
 
@@ -147,7 +147,7 @@ def test_create_user_prints_token_once(app, runner, client):
     token = result.stdout.strip().splitlines()[0]
     r = client.post("/crews", json={"name": "z"}, headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 201
-    from tests.conftest import db_scalar
+    from tests.support.app import db_scalar
 
     stored = db_scalar(app, "SELECT token_hash FROM users WHERE name = 'zed'")
     assert token not in stored and len(stored) == 64
@@ -159,7 +159,7 @@ def test_seed_demo_is_deterministic(app, runner):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["crews"] == 10 and summary["runs"] == 200
-    from tests.conftest import db_scalar
+    from tests.support.app import db_scalar
 
     assert db_scalar(app, "SELECT count(*) FROM crews WHERE is_public = false") == 2
     total = db_scalar(app, "SELECT sum(duration) FROM runs")
@@ -168,6 +168,8 @@ def test_seed_demo_is_deterministic(app, runner):
     assert runner.invoke(args=["seed-demo"]).exit_code != 0  # already seeded
 
 
+@pytest.mark.slow
+@pytest.mark.gunicorn
 def test_warming_runs_once_across_gunicorn_workers(
     db_kind, database_url, redis_settings, redis_client, app
 ):

@@ -4,10 +4,10 @@ Each server runs as a child process on 127.0.0.1, on a free port, with its
 data in a temporary directory.  Servers are stopped by their own pid, and an
 atexit handler closes whatever is still alive when the interpreter exits.
 
-Only the standard library, redis-py and psycopg are used, so this module can
-be imported from conftest.py or run on its own::
+Only the standard library, redis-py and psycopg are used, so bench/ imports it as
+the tests do, and it runs on its own::
 
-    python tests/servers.py      # print which server binaries were found
+    python -m tests.support.servers      # print which server binaries were found
 """
 
 from __future__ import annotations
@@ -18,12 +18,20 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+
+from tests.support.processes import (
+    HOST,
+    ServerError,
+    free_port,
+    port_is_free,
+    stop_process,
+    wait_until,
+)
 
 __all__ = [
     "PostgresServer",
@@ -38,33 +46,11 @@ __all__ = [
     "redis_version",
 ]
 
-HOST = "127.0.0.1"
 PG_DATABASE = "crew7_test"
 PG_USER = "postgres"
 
 _live: set = set()
 _live_lock = threading.Lock()
-
-
-class ServerError(RuntimeError):
-    """A test server could not be found, started or stopped."""
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def _tail(path: str, limit: int = 2000) -> str:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - limit))
-            return fh.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
 
 
 def _register(server) -> None:
@@ -86,24 +72,6 @@ def _close_all() -> None:
             server.close()
         except Exception:  # best effort at interpreter exit
             pass
-
-
-def _stop_process(proc: subprocess.Popen, sig: int, timeout: float) -> None:
-    """Send ``sig`` to ``proc`` (by its pid), wait, then SIGKILL if needed."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.kill(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        try:
-            os.kill(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=10)
 
 
 # --------------------------------------------------------------------------
@@ -215,20 +183,14 @@ class RedisServer:
             stderr=subprocess.DEVNULL,
             cwd=self.tmpdir,
         )
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise ServerError(
-                    f"redis-server exited with {self._proc.returncode} on port {self.port}:\n"
-                    + _tail(self.logfile)
-                )
-            if self._ping():
-                return
-            time.sleep(0.02)
-        _stop_process(self._proc, signal.SIGTERM, 5)
-        raise ServerError(
-            f"redis-server did not answer PING on port {self.port} within "
-            f"{self.start_timeout:.0f} s:\n" + _tail(self.logfile)
+        wait_until(
+            self._ping,
+            self.start_timeout,
+            f"redis-server answering PING on port {self.port}",
+            interval=0.02,
+            proc=self._proc,
+            logs=[self.logfile],
+            on_failure=lambda: stop_process(self._proc, signal.SIGTERM, 5),
         )
 
     def _ping(self) -> bool:
@@ -270,13 +232,13 @@ class RedisServer:
             return
         if self._frozen:
             self.resume()
-        _stop_process(self._proc, signal.SIGTERM, 5)
+        stop_process(self._proc, signal.SIGTERM, 5)
 
     def kill(self) -> None:
         """SIGKILL the server by its pid (a crash: no shutdown, no goodbye to peers)."""
         if self._proc is None:
             return
-        _stop_process(self._proc, signal.SIGKILL, 5)
+        stop_process(self._proc, signal.SIGKILL, 5)
         self._frozen = False
 
     def restart(self) -> RedisServer:
@@ -338,15 +300,6 @@ def redis_version(binary: str) -> tuple[int, ...]:
     return _versions[binary]
 
 
-def _port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-        return True
-
-
 class _Ports:
     """Free ports, distinct from each other within one topology."""
 
@@ -366,7 +319,7 @@ class _Ports:
         for _ in range(200):
             port = free_port()
             bus_port = port + 10000
-            if bus_port <= 65535 and not {port, bus_port} & self._taken and _port_is_free(bus_port):
+            if bus_port <= 65535 and not {port, bus_port} & self._taken and port_is_free(bus_port):
                 self._taken.update((port, bus_port))
                 return port, bus_port
         raise ServerError("could not find a free port with a free port + 10000")
@@ -413,22 +366,6 @@ def _pairs(reply) -> dict:
         return {str(key): str(value) for key, value in reply.items()}
     reply = list(reply or [])
     return dict(zip(reply[::2], reply[1::2], strict=False))
-
-
-def _wait_until(check, timeout: float, what: str, interval: float = 0.05) -> float:
-    """Poll ``check() -> (done, detail)`` until done; return the seconds it took.
-
-    Raises ServerError with the last ``detail`` once ``timeout`` seconds have passed.
-    """
-    started = time.monotonic()
-    deadline = started + timeout
-    while True:
-        done, detail = check()
-        if done:
-            return time.monotonic() - started
-        if time.monotonic() >= deadline:
-            raise ServerError(f"{what} not reached within {timeout:.0f} s: {detail}")
-        time.sleep(interval)
 
 
 class RedisCluster:
@@ -716,7 +653,7 @@ class RedisCluster:
         """Wait until every running node is ``cluster_state:ok``, knows every node, routes
         no slot to a stopped node, and every replica's link is up.  Returns the seconds waited.
         """
-        return _wait_until(self._check_ok, timeout, "Redis Cluster ready")
+        return wait_until(self._check_ok, timeout, "Redis Cluster ready")
 
     def kill_master(self, index: int = 0) -> tuple[str, int]:
         """SIGKILL the ``index``-th master of ``master_nodes()`` by pid; return its address.
@@ -735,7 +672,7 @@ class RedisCluster:
         Returns the seconds since ``kill_master()`` (or since this call without one).
         """
         started = self._killed_at or time.monotonic()
-        _wait_until(self._check_ok, timeout, f"Redis Cluster failover away from {self._killed}")
+        wait_until(self._check_ok, timeout, f"Redis Cluster failover away from {self._killed}")
         self._killed = self._killed_at = None
         return time.monotonic() - started
 
@@ -807,15 +744,13 @@ class RedisSentinelSet:
             )
             # Sentinels learn about replicas from the master's INFO (every 10 s), so the
             # replica has to be attached before they start.
-            _wait_until(
+            wait_until(
                 group._check_replica, max(1.0, deadline - time.monotonic()), "replica in sync"
             )
             quorum = min(2, sentinels)
             for _ in range(sentinels):
                 group._start_sentinel(binary, ports, quorum)
-            _wait_until(
-                group._check_ready, max(1.0, deadline - time.monotonic()), "Sentinels ready"
-            )
+            wait_until(group._check_ready, max(1.0, deadline - time.monotonic()), "Sentinels ready")
         except BaseException:
             group.close()
             raise
@@ -1007,7 +942,7 @@ class RedisSentinelSet:
                 return False, f"{answers[0]} has role {role and role[0]}"
             return True, ""
 
-        _wait_until(check, timeout, f"failover away from {old}")
+        wait_until(check, timeout, f"failover away from {old}")
         self._failover_from = self._killed_at = None
         return time.monotonic() - started
 
@@ -1188,20 +1123,13 @@ class PostgresServer:
             self._proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, **self._popen_kwargs()
             )
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise ServerError(
-                    f"postgres exited with {self._proc.returncode} on port {self.port}:\n"
-                    + _tail(self.logfile)
-                )
-            if self._can_connect():
-                return
-            time.sleep(0.05)
-        _stop_process(self._proc, signal.SIGINT, 10)
-        raise ServerError(
-            f"postgres did not accept connections on port {self.port} within "
-            f"{self.start_timeout:.0f} s:\n" + _tail(self.logfile)
+        wait_until(
+            self._can_connect,
+            self.start_timeout,
+            f"postgres accepting connections on port {self.port}",
+            proc=self._proc,
+            logs=[self.logfile],
+            on_failure=lambda: stop_process(self._proc, signal.SIGINT, 10),
         )
 
     def _can_connect(self) -> bool:
@@ -1236,7 +1164,7 @@ class PostgresServer:
         """Fast shutdown (SIGINT); the data directory is kept for restart()."""
         if self._proc is None:
             return
-        _stop_process(self._proc, signal.SIGINT, 15)
+        stop_process(self._proc, signal.SIGINT, 15)
 
     def restart(self) -> PostgresServer:
         """Stop if running, then start again on the same port and data directory."""

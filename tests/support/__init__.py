@@ -1,0 +1,12 @@
+"""Test support shared by tests/, bench/ and the Makefile.
+
+- ``processes``: free ports, ``wait_until``, ``stop_process`` (standard library only)
+- ``ci``: a missing tool skips on a laptop and fails when ``CI=true``
+- ``servers``: redis-server (standalone, Sentinel, Cluster) and PostgreSQL runners
+- ``gunicorn`` / ``nginx``: the app under gunicorn, nginx with deploy/nginx.conf
+- ``app``: ``make_app``, ``reset_schema``, ``make_user``, ``db_scalar``
+- ``helpers``: API seeding and Redis command counts; ``stale_checker``: stale-read check
+
+Modules are imported by name (``from tests.support.servers import RedisServer``), so
+importing one never imports pytest, Flask or the app unless it needs them.
+"""

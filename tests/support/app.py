@@ -1,0 +1,73 @@
+"""Apps on a test database, their schema, and users with tokens."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+
+# Apps make_app built whose connections dispose_all() has not closed yet: an app dropped
+# with its pool open leaves PostgreSQL connections for the garbage collector, which warns.
+_undisposed = []
+
+
+def make_app(database_url, redis_url=None, **overrides):
+    """create_app() with test settings; ``overrides`` win."""
+    from crew7 import create_app
+
+    config = {
+        "TESTING": True,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url or "redis://127.0.0.1:6379/0",
+        "CACHE_WARM_ON_START": False,
+        "SECRET_KEY": "test",
+    }
+    config.update(overrides)
+    app = create_app(config)
+    _undisposed.append(app)
+    return app
+
+
+def reset_schema(app):
+    """An empty schema: dropped first on PostgreSQL, whose database outlives the test."""
+    from crew7.extensions import db
+
+    with app.app_context():
+        if db.engine.dialect.name == "postgresql":
+            db.drop_all()
+        db.create_all()
+
+
+def dispose(app):
+    """Close the app's database connections (before its server goes, or the app does)."""
+    from crew7.extensions import db
+
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+def make_user(app, name, admin=False):
+    """A user of ``app`` and its API token, as the dict tests pass around."""
+    from crew7.services.users import create_user
+
+    with app.app_context():
+        user, token = create_user(name, admin=admin)
+        return {
+            "id": user.id,
+            "name": name,
+            "token": token,
+            "headers": {"Authorization": f"Bearer {token}"},
+        }
+
+
+def db_scalar(app, sql, **params):
+    """The first column of the first row of ``sql`` on the app's database."""
+    from crew7.extensions import db
+
+    with app.app_context():
+        return db.session.execute(text(sql), params).scalar()
+
+
+def dispose_all():
+    """dispose() every app make_app built since the last call (conftest: after each test)."""
+    while _undisposed:
+        dispose(_undisposed.pop())
