@@ -37,7 +37,7 @@ def seed_crews(owner, run_counts, agents_per_crew=3, seed=11, label="bench"):
     from crew7.auth import new_token
     from crew7.extensions import db
     from crew7.models import Agent, Crew, Run, User, hash_token
-    from crew7.services.run_stats import recompute_crew_stats
+    from crew7.services.aggregates import recompute_crew_stats
     from crew7.services.seed import LLMS, ROLES, _insert_returning_ids, insert_in_batches
 
     rng = random.Random(seed)

@@ -206,12 +206,12 @@ def register_blueprints(app):
     from crew7.metadata.views import blp as metadata_blp
     from crew7.ops.views import bp as ops_bp
     from crew7.ops.views import register_request_metrics
-    from crew7.stats.views import blp as stats_blp
+    from crew7.rankings.views import blp as rankings_blp
 
     api = app.extensions["crew7.api"]
     api.register_blueprint(crews_blp)
     api.register_blueprint(metadata_blp)
-    api.register_blueprint(stats_blp)
+    api.register_blueprint(rankings_blp)
     app.register_blueprint(health_bp)
     app.register_blueprint(ops_bp)
     register_request_metrics(app)
@@ -225,9 +225,10 @@ def register_hooks(app):
     """Session events (run aggregates, then cache invalidation) and engine setup."""
     from flask_sqlalchemy.session import Session
 
-    from crew7 import aggregates, invalidation
+    from crew7 import invalidation
     from crew7.database import configure_engines
     from crew7.extensions import db
+    from crew7.services import aggregates
 
     configure_engines(app, db)
     aggregates.register(Session)

@@ -54,7 +54,7 @@ def seed_demo_command(users, crews, agents_per_crew, runs_per_crew, private_ever
 @with_appcontext
 def recompute_stats_command():
     """Rebuild every crew's run aggregates from the runs table."""
-    from crew7.services.run_stats import recompute_all_stats
+    from crew7.services.aggregates import recompute_all_stats
 
     count = recompute_all_stats()
     get_cache().invalidate_all_metadata()

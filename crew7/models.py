@@ -1,7 +1,7 @@
 """Domain models: users own crews; a crew has agents and a run history.
 
 ``CrewStats`` keeps each crew's run aggregates up to date as runs are recorded and
-finished (see ``crew7.aggregates``), so building a crew's document reads a constant number
+finished (see ``crew7.services.aggregates``), so building a crew's document reads a constant number
 of rows however long its history is.
 """
 

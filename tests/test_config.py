@@ -126,7 +126,7 @@ def test_concurrent_run_writers_lose_no_increment(app_factory, db_kind):
     app = app_factory()
     from crew7.extensions import db
     from crew7.models import Crew, CrewStats, Run
-    from crew7.services.run_stats import aggregate_from_runs
+    from crew7.services.aggregates import aggregate_from_runs
     from crew7.services.users import create_user
 
     with app.app_context():

@@ -85,7 +85,7 @@ def test_cache_stats_command(app, client, runner, redis_client):
 def test_recompute_stats_agrees_with_incremental(app, client, alice, runner):
     from crew7.extensions import db
     from crew7.models import CrewStats
-    from crew7.services.run_stats import aggregate_from_runs
+    from crew7.services.aggregates import aggregate_from_runs
 
     crew, _ = seed_crew(client, alice, agents=0)
     cid = crew["id"]

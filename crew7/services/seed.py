@@ -8,8 +8,8 @@ from sqlalchemy import func, insert, select
 from crew7.auth import new_token
 from crew7.extensions import db
 from crew7.models import Agent, Crew, Run, User, hash_token
+from crew7.services.aggregates import recompute_crew_stats
 from crew7.services.errors import ServiceError
-from crew7.services.run_stats import recompute_crew_stats
 
 EPOCH = datetime(2026, 1, 1)
 ROLES = ("Researcher", "Writer", "Analyst", "Reviewer", "Planner", "Coder", "Critic")

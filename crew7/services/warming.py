@@ -7,7 +7,7 @@ import threading
 
 from flask import current_app
 
-from crew7.services import metadata, stats
+from crew7.services import metadata, rankings
 from crew7.services.cache import (
     AGENT,
     CREW,
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 CHUNK = 500
 
 
-def warm_popular_crews(limit, with_agents=False, with_stats=False, progress=None):
+def warm_popular_crews(limit, with_agents=False, with_rankings=False, progress=None):
     """Put the ``limit`` most popular public crews' documents in the cache.
 
     Returns what happened, per document family: ``{"stored": {"crew": 10}, "present":
@@ -58,7 +58,7 @@ def warm_popular_crews(limit, with_agents=False, with_stats=False, progress=None
                 summary[outcome][family] = summary[outcome].get(family, 0) + 1
         return [keys[k] for k, outcome in outcomes.items() if outcome != "unknown"]
 
-    ranked = stats.popular_crew_ids(limit)
+    ranked = rankings.popular_crew_ids(limit)
     for start in range(0, len(ranked), CHUNK):
         chunk = ranked[start : start + CHUNK]
         # A crew made private or deleted since it was ranked has no document: skip it.
@@ -69,19 +69,19 @@ def warm_popular_crews(limit, with_agents=False, with_stats=False, progress=None
             warm(AGENT, agent_ids, cache.agent_key, metadata.render_agents)
         if progress is not None:
             progress(start + len(chunk), len(ranked))
-    if with_stats:
+    if with_rankings:
         warm(
             STATS,
             ["popular"],
             lambda _: cache.popular_key(),
-            lambda ids: dict.fromkeys(ids, stats.render_popular_crews()),
+            lambda ids: dict.fromkeys(ids, rankings.render_popular_crews()),
             cache.popular_ttl,
         )
         warm(
             STATS,
             list(LEADERBOARD_TYPES),
             cache.leaderboard_key,
-            lambda kinds: {k: stats.render_leaderboard(k) for k in kinds},
+            lambda kinds: {k: rankings.render_leaderboard(k) for k in kinds},
             cache.stats_ttl,
         )
     return summary
@@ -90,7 +90,7 @@ def warm_popular_crews(limit, with_agents=False, with_stats=False, progress=None
 def warm_all_caches(limit=None, progress=None):
     """``flask warm-cache``: popular crews, their agents, popular crews list, leaderboards."""
     limit = current_app.config["CACHE_WARM_COUNT"] if limit is None else limit
-    return warm_popular_crews(limit, with_agents=True, with_stats=True, progress=progress)
+    return warm_popular_crews(limit, with_agents=True, with_rankings=True, progress=progress)
 
 
 def describe(summary):

@@ -1,12 +1,14 @@
-"""Cached statistics: popular crews and leaderboards."""
+"""Rankings (served under /stats): popular crews and leaderboards."""
 
 from flask import Response, abort, current_app
 from flask_smorest import Blueprint
 
-from crew7.services import stats as service
+from crew7.services import rankings as service
 from crew7.services.cache import LEADERBOARD_TYPES
 
-blp = Blueprint("stats", __name__, url_prefix="/stats", description="Popular crews, leaderboards")
+blp = Blueprint(
+    "rankings", __name__, url_prefix="/stats", description="Rankings: popular crews, leaderboards"
+)
 
 
 def _json(body, ttl):

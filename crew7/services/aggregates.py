@@ -1,4 +1,4 @@
-"""Per-crew run aggregates, kept current as runs change.
+"""Per-crew run aggregates (``crew_stats``), kept current as runs change.
 
 Every change to a run is applied to its crew's ``crew_stats`` row as a relative
 ``UPDATE ... SET x = x + :d`` in the flush that writes the run, so it commits or rolls
@@ -8,7 +8,7 @@ them on PostgreSQL; SQLite serialises whole write transactions).
 
 from collections import defaultdict
 
-from sqlalchemy import case, delete, func, insert, inspect, select, update
+from sqlalchemy import case, delete, event, func, insert, inspect, select, update
 
 from crew7.extensions import db
 from crew7.models import Crew, CrewStats, Run
@@ -157,3 +157,39 @@ def recompute_all_stats():
     count = recompute_crew_stats(db.session.connection())
     db.session.commit()
     return count
+
+
+# -- session events ---------------------------------------------------------------
+
+
+def before_flush(session, flush_context, instances):
+    for obj in session.new:
+        if isinstance(obj, Crew) and obj.stats is None:
+            obj.stats = CrewStats()
+
+
+def after_flush(session, flush_context):
+    delta = StatsDelta()
+    for obj in session.new:
+        if isinstance(obj, Run):
+            delta.run_added(obj)
+    for obj in session.dirty:
+        if isinstance(obj, Run):
+            delta.run_changed(obj)
+    for obj in session.deleted:
+        if isinstance(obj, Run):
+            delta.run_deleted(obj)
+    if not (delta.deltas or delta.recompute):
+        return
+    delta.apply(session.connection())
+    touched = set(delta.deltas) | delta.recompute
+    for obj in list(session.identity_map.values()):
+        if isinstance(obj, CrewStats) and obj.crew_id in touched:
+            session.expire(obj)
+
+
+def register(session_class):
+    """Listen on the session class; listening twice is a no-op."""
+    for name, fn in (("before_flush", before_flush), ("after_flush", after_flush)):
+        if not event.contains(session_class, name, fn):
+            event.listen(session_class, name, fn)

@@ -3,7 +3,7 @@
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
-from crew7.services.run_stats import StatsDelta, _contribution
+from crew7.services.aggregates import StatsDelta, _contribution
 
 T1 = datetime(2026, 1, 1, tzinfo=UTC)
 T2 = datetime(2026, 1, 2, tzinfo=UTC)
