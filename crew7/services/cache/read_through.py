@@ -243,18 +243,9 @@ class ReadThrough:
             pass
 
     def _should_refresh_early(self, family, pttl):
-        # XFetch (Vattani, Chierichetti, Lowenstein, VLDB 2015): refresh when
-        # now - delta * beta * ln(rand) >= expiry, so the chance rises as expiry nears and
-        # one request refreshes a hot key before it expires. delta is at least the refresh
-        # window: our computations take milliseconds, and a window that short would let
-        # the key expire between two requests.
-        if pttl is None or pttl < 0:
-            return False
-        delta = max(self._delta[family] * self.xfetch_beta, self.refresh_window)
-        if delta <= 0:
-            return False
-        gap = -delta * math.log(1.0 - random.random())
-        return gap * 1000 >= pttl
+        return should_refresh_early(
+            pttl, self._delta[family], self.xfetch_beta, self.refresh_window, random.random()
+        )
 
     def _schedule_early_refresh(self, family, key, compute, ttl=None):
         """Refresh after the response is sent, so no client waits on the computation."""
@@ -284,3 +275,18 @@ class ReadThrough:
         fence = _text(fence)
         self.counters.record(family, "early_refresh")
         self._compute_and_store(family, key, compute, fence, token, ttl)
+
+
+def should_refresh_early(pttl_ms, delta, beta, window, u):
+    """XFetch (Vattani, Chierichetti, Lowenstein, VLDB 2015): refresh a key whose
+    remaining life is ``pttl_ms`` when ``-delta * beta * ln(1 - u) >= remaining``, ``u``
+    uniform in [0, 1). The chance rises as expiry nears, so one request refreshes a hot
+    key before it expires. ``delta`` (seconds one computation takes) counts for at least
+    ``window``: computations take milliseconds, and a window that short would let the key
+    expire between two requests."""
+    if pttl_ms is None or pttl_ms < 0:
+        return False
+    scale = max(delta * beta, window)
+    if scale <= 0:
+        return False
+    return -scale * math.log(1.0 - u) * 1000 >= pttl_ms
