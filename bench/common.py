@@ -29,6 +29,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.support.gunicorn import GunicornServer  # noqa: E402
+from tests.support.processes import all_stat_fields, stat_fields  # noqa: E402
 from tests.support.servers import PostgresServer, RedisServer  # noqa: E402
 
 __all__ = [
@@ -190,13 +191,9 @@ def flask_cli(env: dict, *args: str, timeout: float = 1800) -> tuple[float, str,
 
 def proc_cpu_seconds(pid: int) -> float | None:
     """utime + stime of a process, in seconds (None if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            raw = fh.read()
-    except OSError:
+    fields = stat_fields(pid)
+    if fields is None:
         return None
-    fields = raw[raw.rindex(")") + 2 :].split()
-    # fields[0] is field 3 (state): utime is field 14, stime field 15.
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -216,18 +213,11 @@ def machine_ticks() -> tuple[int, int]:
 
 def tree_ticks(root: int) -> int:
     """CPU ticks of ``root`` and its live descendants, with their reaped children."""
-    stats = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii") as fh:
-                raw = fh.read()
-        except OSError:
-            continue
-        fields = raw[raw.rindex(")") + 2 :].split()
-        # ppid, utime + stime + cutime + cstime
-        stats[int(entry)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))
+    # ppid, utime + stime + cutime + cstime
+    stats = {
+        pid: (int(fields[1]), sum(int(x) for x in fields[11:15]))
+        for pid, fields in all_stat_fields().items()
+    }
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in stats.items():
         children.setdefault(ppid, []).append(pid)
