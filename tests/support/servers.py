@@ -44,6 +44,7 @@ __all__ = [
     "find_redis_server",
     "free_port",
     "redis_version",
+    "running",
 ]
 
 PG_DATABASE = "crew7_test"
@@ -1174,6 +1175,28 @@ class PostgresServer(_Process):
 
     def _label(self) -> str:
         return f"PostgresServer {self.url}"
+
+
+# --------------------------------------------------------------------------
+# Fixtures
+# --------------------------------------------------------------------------
+
+
+def running(kind, **options):
+    """For a fixture: ``kind.start(**options)`` (a server class above), yielded, then closed.
+
+    Without its binaries (PostgreSQL's for PostgresServer, else redis-server) the test is
+    skipped, or failed under CI=true (tests/support/ci.py).
+    """
+    from tests.support.ci import require
+
+    if kind is PostgresServer:
+        require(find_postgres_bin(), "PostgreSQL")
+    else:
+        require(find_redis_server(), "redis-server")
+    server = kind.start(**options)
+    yield server
+    server.close()
 
 
 if __name__ == "__main__":
