@@ -25,7 +25,6 @@ DRILL_RETRIES (1: a drill whose pre-fault phase is already degraded is run once 
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import random
@@ -58,8 +57,8 @@ from common import (  # noqa: E402
 from loadgen import percentile, run_fixed_rate  # noqa: E402
 
 from crew7.services.cache import document_key  # noqa: E402
-from tests.support.nginx import request  # noqa: E402
 from tests.support.processes import ServerError, wait_until  # noqa: E402
+from tests.support.raw_http import request  # noqa: E402
 
 WARM_CREWS = 200
 COLD_CREWS = 9000
@@ -94,17 +93,13 @@ _CREW_KEY = re.compile(r"\S*" + re.escape(document_key("crew", "")) + r"(\d+)")
 
 def read_cache_counters(port):
     """{event: count} of the crew family summed over workers, or None without /metrics."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
     try:
-        conn.request("GET", "/metrics")
-        resp = conn.getresponse()
-        body = resp.read().decode("utf-8", "replace")
-        if resp.status != 200:
-            return None
+        status, _, data = request(port, "GET", "/metrics", timeout=2)
     except OSError:
         return None
-    finally:
-        conn.close()
+    if status != 200:
+        return None
+    body = data.decode("utf-8", "replace")
     out = {}
     for match in _METRIC.finditer(body):
         labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group("labels")))
@@ -194,13 +189,11 @@ class Drill:
     def warm(self):
         for start in range(0, len(self.warm_ids), 100):
             ids = ",".join(map(str, self.warm_ids[start : start + 100]))
-            conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=30)
-            conn.request("GET", f"/metadata/crews?ids={ids}")
-            resp = conn.getresponse()
-            resp.read()
-            conn.close()
-            if resp.status != 200:
-                raise RuntimeError(f"warming: HTTP {resp.status}")
+            status, _, _ = request(
+                self.server.port, "GET", f"/metadata/crews?ids={ids}", timeout=30
+            )
+            if status != 200:
+                raise RuntimeError(f"warming: HTTP {status}")
         present = sum(
             v is not None for v in self.redis.mget([document_key("crew", i) for i in self.warm_ids])
         )

@@ -36,7 +36,8 @@ if str(ROOT) not in sys.path:
 
 from tests.support.app import dispose, make_app, make_user, reset_schema  # noqa: E402
 from tests.support.gunicorn import GunicornServer, boot_gunicorn_options  # noqa: E402
-from tests.support.nginx import find_nginx, request, running_nginx  # noqa: E402
+from tests.support.nginx import find_nginx, running_nginx  # noqa: E402
+from tests.support.raw_http import request  # noqa: E402
 from tests.support.servers import PostgresServer, RedisServer  # noqa: E402
 
 

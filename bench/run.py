@@ -64,6 +64,7 @@ from common import (  # noqa: E402
 from loadgen import run_fixed_rate, summarize_latencies  # noqa: E402
 
 from crew7.services.cache import document_key  # noqa: E402
+from tests.support.raw_http import request  # noqa: E402
 
 SCALES = {
     "full": {
@@ -311,15 +312,10 @@ class Bench:
         """Fill the hit set's documents through the app (batch route, read-through)."""
         for start in range(0, len(self.hit_ids), BATCH_SIZE):
             ids = ",".join(map(str, self.hit_ids[start : start + BATCH_SIZE]))
-            conn = http.client.HTTPConnection("127.0.0.1", self.hits_srv.port, timeout=60)
-            try:
-                conn.request("GET", f"/metadata/crews?ids={ids}")
-                resp = conn.getresponse()
-                resp.read()
-                if resp.status != 200:
-                    raise RuntimeError(f"warming: HTTP {resp.status}")
-            finally:
-                conn.close()
+            path = f"/metadata/crews?ids={ids}"
+            status, _, _ = request(self.hits_srv.port, "GET", path, timeout=60)
+            if status != 200:
+                raise RuntimeError(f"warming: HTTP {status}")
         present = self.keys_present()
         if present != len(self.hit_ids):
             raise RuntimeError(f"warming: only {present}/{len(self.hit_ids)} documents cached")

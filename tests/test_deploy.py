@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import gzip
-import http.client
 import json
 import os
 import re
@@ -31,6 +30,7 @@ from tests.support.nginx import (
     start_nginx,
 )
 from tests.support.processes import free_port, port_accepts, stop_process, wait_until
+from tests.support.raw_http import request
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -427,17 +427,11 @@ def stack(nginx_dir):
 
 
 def _request(port, path, method="GET", headers=None, body=None):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        data = response.read()
-        result_headers = {k.lower(): v for k, v in response.getheaders()}
-        if result_headers.get("content-encoding") == "gzip":
-            data = gzip.decompress(data)
-        return response.status, result_headers, data
-    finally:
-        conn.close()
+    """One request; a gzip-encoded body comes back decompressed."""
+    status, result_headers, data = request(port, method, path, body, headers)
+    if result_headers.get("content-encoding") == "gzip":
+        data = gzip.decompress(data)
+    return status, result_headers, data
 
 
 def _json(response):

@@ -21,7 +21,6 @@ FUZZ_TIMEOUT), 127.0.0.1 only; gunicorn is stopped by its pid.
 from __future__ import annotations
 
 import base64
-import http.client
 import importlib.util
 import json
 import os
@@ -37,6 +36,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.support import raw_http
 from tests.support.app import dispose, make_app, make_user, reset_schema
 from tests.support.ci import missing
 from tests.support.gunicorn import GunicornServer
@@ -68,21 +68,10 @@ class Api:
 
     def call(self, method, path, body=None, headers=None):
         """One request; returns (status, decoded JSON or raw bytes)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            hdrs = dict(headers or {})
-            payload = None
-            if body is not None:
-                payload = json.dumps(body).encode()
-                hdrs.setdefault("Content-Type", "application/json")
-            conn.request(method, path, body=payload, headers=hdrs)
-            response = conn.getresponse()
-            data = response.read()
-            if response.getheader("Content-Type", "").startswith("application/json") and data:
-                return response.status, json.loads(data)
-            return response.status, data
-        finally:
-            conn.close()
+        status, got, data = raw_http.request(self.port, method, path, body, headers, timeout=10)
+        if got.get("content-type", "").startswith("application/json") and data:
+            return status, json.loads(data)
+        return status, data
 
     def create(self, path, body):
         status, data = self.call("POST", path, body, self.auth)

@@ -29,7 +29,8 @@ import redis
 
 from tests.support.app import dispose, make_app, make_user, reset_schema
 from tests.support.gunicorn import GunicornServer, boot_gunicorn_options
-from tests.support.nginx import nginx_binary, nginx_workdir, request, running_nginx
+from tests.support.nginx import nginx_binary, nginx_workdir, running_nginx
+from tests.support.raw_http import request
 from tests.test_deploy import BODY_LIMIT
 
 pytestmark = [pytest.mark.nginx, pytest.mark.gunicorn]

@@ -4,6 +4,7 @@
 - ``ci``: a missing tool skips on a laptop and fails when ``CI=true``
 - ``servers``: redis-server (standalone, Sentinel, Cluster) and PostgreSQL runners
 - ``gunicorn`` / ``nginx``: the app under gunicorn, nginx with deploy/nginx.conf
+- ``raw_http``: one request on a new connection (status, headers, body bytes)
 - ``app``: ``make_app``, ``reset_schema``, ``make_user``, ``db_scalar``
 - ``helpers``: API seeding and Redis command counts; ``stale_checker``: stale-read check
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import http.client
-import json
 import os
 import re
 import shutil
@@ -122,19 +120,3 @@ def running_nginx(upstream, limits=None, edit=None, conf_text=None):
         if proc is not None:
             stop_process(proc, timeout=5)
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def request(port, method, path, body=None, headers=None):
-    """One request on a new connection: (status, lower-cased headers, body bytes)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        hdrs = dict(headers or {})
-        if isinstance(body, dict):
-            body = json.dumps(body).encode()
-            hdrs.setdefault("Content-Type", "application/json")
-        conn.request(method, path, body=body, headers=hdrs)
-        response = conn.getresponse()
-        data = response.read()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
-    finally:
-        conn.close()
