@@ -41,6 +41,22 @@ from tests.support.raw_http import request  # noqa: E402
 from tests.support.servers import PostgresServer, RedisServer  # noqa: E402
 
 
+def _renamed(status, name):
+    return (status, name) == (200, "New Name")
+
+
+def _hidden(status, name):
+    return status == 404
+
+
+# Each step: its title, the PATCH it sends, and what the app serves after it.
+STEPS = (
+    ("after a rename (Old Name -> New Name)", {"name": "New Name"}, _renamed),
+    ("after making it private (expect 404)", {"is_public": False}, _hidden),
+    ("after making it public again (expect 200)", {"is_public": True}, _renamed),
+)
+
+
 def poll(port, path, expect, interval, duration):
     """Poll path every interval for duration: the rows and how many were stale."""
     rows, start = [], time.monotonic()
@@ -128,31 +144,10 @@ def main(argv=None):
             print(f"# {conf}, {args.db}, GET {path} every {args.interval} s for {args.duration} s")
 
             summaries = []
-            call("PATCH", f"/crews/{crew['id']}", {"name": "New Name"})
-            rows = poll(
-                port,
-                path,
-                lambda status, name: (status, name) == (200, "New Name"),
-                args.interval,
-                args.duration,
-            )
-            summaries.append(report("after a rename (Old Name -> New Name)", rows))
-
-            call("PATCH", f"/crews/{crew['id']}", {"is_public": False})
-            rows = poll(
-                port, path, lambda status, name: status == 404, args.interval, args.duration
-            )
-            summaries.append(report("after making it private (expect 404)", rows))
-
-            call("PATCH", f"/crews/{crew['id']}", {"is_public": True})
-            rows = poll(
-                port,
-                path,
-                lambda status, name: (status, name) == (200, "New Name"),
-                args.interval,
-                args.duration,
-            )
-            summaries.append(report("after making it public again (expect 200)", rows))
+            for title, change, fresh in STEPS:
+                call("PATCH", f"/crews/{crew['id']}", change)
+                rows = poll(port, path, fresh, args.interval, args.duration)
+                summaries.append(report(title, rows))
             print("\n# summary (" + conf + ")")
             for line in summaries:
                 print(line)
