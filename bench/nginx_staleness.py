@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.support.app import dispose, make_app, make_user, reset_schema  # noqa: E402
-from tests.support.gunicorn import GunicornServer, boot_gunicorn_options  # noqa: E402
+from tests.support.app import fresh_users  # noqa: E402
+from tests.support.gunicorn import GunicornServer, boot_gunicorn_options, served_env  # noqa: E402
 from tests.support.nginx import find_nginx, running_nginx  # noqa: E402
 from tests.support.raw_http import request  # noqa: E402
 from tests.support.servers import PostgresServer, RedisServer  # noqa: E402
@@ -116,16 +116,9 @@ def main(argv=None):
             database_url = postgres.url
         else:
             database_url = f"sqlite:///{workdir / 'crew7.sqlite3'}"
-        app = make_app(database_url, redis_server.url)
-        reset_schema(app)
-        auth = make_user(app, "alice")["headers"]
-        dispose(app)
-        env = {
-            "DATABASE_URL": database_url,
-            "REDIS_URL": redis_server.url,
-            "CREW7_BEHIND_PROXY": "true",
-            "CREW7_CACHE_WARM_ON_START": "false",
-        }
+        (alice,) = fresh_users(database_url, redis_server.url, "alice")
+        auth = alice["headers"]
+        env = served_env(database_url, redis_server.url, BEHIND_PROXY=True)
         boot_args = [word for option in boot_gunicorn_options() for word in option]
         gunicorn = GunicornServer(env, workers=2, extra_args=tuple(boot_args))
         upstream = f"127.0.0.1:{gunicorn.port}"

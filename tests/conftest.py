@@ -142,10 +142,7 @@ def redis_client(redis_topology, request):
 
 @pytest.fixture
 def database_url(db_kind, request, tmp_path):
-    if db_kind == "sqlite":
-        return f"sqlite:///{tmp_path / 'crew7.sqlite3'}"
-    server = request.getfixturevalue("postgres_server")
-    return server.url
+    return support_app.database_url_for(db_kind, tmp_path, request)
 
 
 @pytest.fixture

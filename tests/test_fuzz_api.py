@@ -37,9 +37,9 @@ import pytest
 import redis
 
 from tests.support import raw_http
-from tests.support.app import dispose, make_app, make_user, reset_schema
+from tests.support.app import database_url_for, fresh_users
 from tests.support.ci import missing
-from tests.support.gunicorn import GunicornServer
+from tests.support.gunicorn import GunicornServer, served_env
 
 pytestmark = [pytest.mark.gunicorn, pytest.mark.slow]
 
@@ -83,25 +83,15 @@ class Api:
 def api(db_kind, request, redis_server, tmp_path_factory):
     """gunicorn serving the real app on a fresh database of db_kind, with two users' data."""
     workdir = tmp_path_factory.mktemp("fuzz")
-    if db_kind == "sqlite":
-        database_url = f"sqlite:///{workdir / 'crew7.sqlite3'}"
-    else:
-        database_url = request.getfixturevalue("postgres_server").url
+    database_url = database_url_for(db_kind, workdir, request)
     client = redis.Redis.from_url(redis_server.url)
     client.flushdb()
     client.close()
-    app = make_app(database_url, redis_server.url)
-    reset_schema(app)
-    token = make_user(app, "fuzzer")["token"]
-    # Owns the documents the metadata operations are pointed at: the fuzzer may delete
-    # its own crews, not these.
-    owner_token = make_user(app, "owner")["token"]
-    dispose(app)
-    env = {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_server.url,
-        "CREW7_CACHE_WARM_ON_START": "false",
-    }
+    # The owner owns the documents the metadata operations are pointed at: the fuzzer may
+    # delete its own crews, not these.
+    fuzzer, owner = fresh_users(database_url, redis_server.url, "fuzzer", "owner")
+    token, owner_token = fuzzer["token"], owner["token"]
+    env = served_env(database_url, redis_server.url)
     with GunicornServer(env, workers=2) as server:
         target = Api(server.url, server.port, token, workdir, db_kind)
         owner = Api(server.url, server.port, owner_token, workdir, db_kind)

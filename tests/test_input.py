@@ -363,20 +363,12 @@ def test_no_rule_ends_with_a_slash(app):
 @pytest.fixture
 def served(database_url, redis_server):
     """gunicorn (1 worker, gunicorn.conf.py) serving the app on this test's database."""
-    from tests.support.app import dispose, make_app, make_user, reset_schema
-    from tests.support.gunicorn import GunicornServer
+    from tests.support.app import fresh_users
+    from tests.support.gunicorn import GunicornServer, served_env
 
-    app = make_app(database_url, redis_server.url)
-    reset_schema(app)
-    token = make_user(app, "alice")["token"]
-    dispose(app)
-    env = {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_server.url,
-        "CREW7_CACHE_WARM_ON_START": "false",
-    }
-    with GunicornServer(env, workers=1) as server:
-        yield server, {"Authorization": f"Bearer {token}"}
+    (alice,) = fresh_users(database_url, redis_server.url, "alice")
+    with GunicornServer(served_env(database_url, redis_server.url), workers=1) as server:
+        yield server, alice["headers"]
 
 
 def raw_request(port, method, path, body=None, headers=None, chunked=False):

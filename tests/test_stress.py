@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.support import raw_http
-from tests.support.gunicorn import GunicornServer
+from tests.support.gunicorn import GunicornServer, served_env
 from tests.support.stale_checker import stale_reads
 
 
@@ -52,14 +52,7 @@ def seeded(app):
 
 
 def server_env(database_url, redis_server, **extra):
-    env = {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_server.url,
-        "CREW7_CACHE_WARM_ON_START": "false",
-        "CREW7_CACHE_TRACE": "true",
-    }
-    env.update({f"CREW7_{k}": str(v) for k, v in extra.items()})
-    return env
+    return served_env(database_url, redis_server.url, CACHE_TRACE=True, **extra)
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@
 - ``servers``: redis-server (standalone, Sentinel, Cluster) and PostgreSQL runners
 - ``gunicorn`` / ``nginx``: the app under gunicorn, nginx with deploy/nginx.conf
 - ``raw_http``: one request on a new connection (status, headers, body bytes)
-- ``app``: ``make_app``, ``reset_schema``, ``make_user``, ``db_scalar``
+- ``app``: ``make_app``, ``reset_schema``, ``make_user``, ``fresh_users``, ``db_scalar``
 - ``helpers``: API seeding and Redis command counts; ``stale_checker``: stale-read check
 
 Modules are imported by name (``from tests.support.servers import RedisServer``), so
