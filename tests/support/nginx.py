@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from tests.support.ci import missing
-from tests.support.processes import free_port, port_accepts, stop_process, wait_until
+from tests.support.processes import free_port, start_listening, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
@@ -80,23 +80,14 @@ def render_nginx_conf(workdir, listen_port, upstream, limits=None, conf_text=Non
 
 def start_nginx(workdir: Path, conf: Path, port: int) -> subprocess.Popen:
     """nginx -c conf in the foreground; returns once it accepts connections on port."""
-    with (workdir / "nginx.out").open("wb") as out:
-        proc = subprocess.Popen(
-            [nginx_binary(), "-e", "stderr", "-p", str(workdir), "-c", str(conf)]
-            + ["-g", "daemon off;"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    wait_until(
-        lambda: port_accepts(port),
-        8.0,
-        f"nginx listening on port {port}",
-        proc=proc,
-        logs=[workdir / "nginx.out", workdir / "error.log"],
-        on_failure=lambda: stop_process(proc, timeout=5),
+    return start_listening(
+        [nginx_binary(), "-e", "stderr", "-p", str(workdir), "-c", str(conf)]
+        + ["-g", "daemon off;"],
+        port,
+        workdir / "nginx.out",
+        "nginx",
+        logs=[workdir / "error.log"],
     )
-    return proc
 
 
 @contextlib.contextmanager

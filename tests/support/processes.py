@@ -104,6 +104,25 @@ def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: flo
         proc.wait(timeout=10)
 
 
+def start_listening(cmd, port: int, log, what: str, *, logs: Iterable = (), **popen):
+    """``cmd`` started with its output in the file ``log``; returns its Popen once something
+    accepts connections on ``port``. Otherwise (8 s, or it exits) it is stopped and
+    ServerError names ``what``, with the tail of ``log`` and of ``logs``."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **popen
+        )
+    wait_until(
+        lambda: port_accepts(port),
+        8.0,
+        f"{what} listening on port {port}",
+        proc=proc,
+        logs=[log, *logs],
+        on_failure=lambda: stop_process(proc, timeout=5),
+    )
+    return proc
+
+
 def wait_until(
     check: Callable[[], object],
     timeout: float,
