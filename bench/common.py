@@ -44,10 +44,12 @@ __all__ = [
     "Stack",
     "app_env",
     "env_number",
+    "results_doc",
     "results_file",
     "stop_on_sigterm",
     "write_results",
     "flask_cli",
+    "run_seeding",
     "log",
     "machine_info",
     "machine_ticks",
@@ -92,6 +94,20 @@ def results_file(prefix: str, stamp: str) -> Path:
     """``bench/results/<prefix><stamp>.json``; creates the folder."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     return RESULTS / f"{prefix}{stamp}.json"
+
+
+def results_doc(prefix: str, started: str, t0: float, **sections) -> tuple[Path, dict]:
+    """A run's results file (``results_file(prefix, started)``) and its document: when it
+    started and finished, its minutes since ``t0`` (monotonic), the file, then ``sections``."""
+    json_file = results_file(prefix, started)
+    doc = {
+        "started": started,
+        "finished": utc_stamp(),
+        "minutes": round((time.monotonic() - t0) / 60, 2),
+        "json_file": str(json_file.relative_to(ROOT)),
+        **sections,
+    }
+    return json_file, doc
 
 
 def write_results(json_file: Path, doc: dict, markdown: str, write_markdown) -> None:
@@ -163,6 +179,21 @@ def app_env(stack: Stack, **settings) -> dict:
     for name, value in settings.items():
         env[f"CREW7_{name}"] = str(value).lower() if isinstance(value, bool) else str(value)
     return env
+
+
+def run_seeding(env: dict, *args: str, timeout: float = 1800) -> dict:
+    """``bench/seeding.py *args`` with the app's ``env``: its JSON summary."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "seeding.py"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench/seeding.py {' '.join(args)} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def flask_cli(env: dict, *args: str, timeout: float = 1800) -> tuple[float, str, str]:

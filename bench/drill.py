@@ -25,11 +25,9 @@ DRILL_RETRIES (1: a drill whose pre-fault phase is already degraded is run once 
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
-import subprocess
 import sys
 import threading
 import time
@@ -48,7 +46,8 @@ from common import (  # noqa: E402
     log,
     machine_info,
     machine_ticks,
-    results_file,
+    results_doc,
+    run_seeding,
     stop_on_sigterm,
     tree_ticks,
     utc_stamp,
@@ -645,28 +644,8 @@ def main():
             "0",
         )
         log(f"seed-demo: {out.strip()}")
-        proc = subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "bench" / "seeding.py"),
-                "--owner",
-                "drill-cold",
-                "--label",
-                "cold",
-                "--crews",
-                str(COLD_CREWS),
-                "--runs-each",
-                "3",
-            ],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"seeding failed:\n{proc.stderr}")
-        cold_ids = json.loads(proc.stdout.strip().splitlines()[-1])["crew_ids"]
+        cold = ("--owner", "drill-cold", "--label", "cold", "--crews", str(COLD_CREWS))
+        cold_ids = run_seeding(env, *cold, "--runs-each", "3", timeout=600)["crew_ids"]
         import psycopg
 
         with psycopg.connect(stack.pg.dsn) as conn:
@@ -732,14 +711,11 @@ def main():
                 if not server_obj.is_running():
                     notes.append(f"{label} was not running after drill {name}: restarted")
                     server_obj.restart()
-        stamp = started
-        json_file = results_file("drill-", stamp)
-        doc = {
-            "started": started,
-            "finished": utc_stamp(),
-            "minutes": round((time.monotonic() - t0) / 60, 2),
-            "json_file": str(json_file.relative_to(ROOT)),
-            "config": {
+        json_file, doc = results_doc(
+            "drill-",
+            started,
+            t0,
+            config={
                 "rate": rate,
                 "cold_share": cold_share,
                 "pre": pre,
@@ -751,10 +727,10 @@ def main():
                 "breaker": "app defaults (REDIS_SOCKET_TIMEOUT 0.25 s, BREAKER_THRESHOLD 3, "
                 "BREAKER_COOLDOWN 5 s)",
             },
-            "machine": machine,
-            "drills": reports,
-            "notes": notes,
-        }
+            machine=machine,
+            drills=reports,
+            notes=notes,
+        )
         write_results(json_file, doc, "drill-latest.md", write_markdown)
         log(
             f"wrote {json_file.relative_to(ROOT)} and bench/results/drill-latest.md "
