@@ -29,6 +29,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.support.gunicorn import GunicornServer  # noqa: E402
+from tests.support.processes import all_stat_fields, stat_fields  # noqa: E402
 from tests.support.servers import PostgresServer, RedisServer  # noqa: E402
 
 __all__ = [
@@ -43,10 +44,12 @@ __all__ = [
     "Stack",
     "app_env",
     "env_number",
+    "results_doc",
     "results_file",
     "stop_on_sigterm",
     "write_results",
     "flask_cli",
+    "run_seeding",
     "log",
     "machine_info",
     "machine_ticks",
@@ -91,6 +94,20 @@ def results_file(prefix: str, stamp: str) -> Path:
     """``bench/results/<prefix><stamp>.json``; creates the folder."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     return RESULTS / f"{prefix}{stamp}.json"
+
+
+def results_doc(prefix: str, started: str, t0: float, **sections) -> tuple[Path, dict]:
+    """A run's results file (``results_file(prefix, started)``) and its document: when it
+    started and finished, its minutes since ``t0`` (monotonic), the file, then ``sections``."""
+    json_file = results_file(prefix, started)
+    doc = {
+        "started": started,
+        "finished": utc_stamp(),
+        "minutes": round((time.monotonic() - t0) / 60, 2),
+        "json_file": str(json_file.relative_to(ROOT)),
+        **sections,
+    }
+    return json_file, doc
 
 
 def write_results(json_file: Path, doc: dict, markdown: str, write_markdown) -> None:
@@ -164,6 +181,21 @@ def app_env(stack: Stack, **settings) -> dict:
     return env
 
 
+def run_seeding(env: dict, *args: str, timeout: float = 1800) -> dict:
+    """``bench/seeding.py *args`` with the app's ``env``: its JSON summary."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "seeding.py"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench/seeding.py {' '.join(args)} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def flask_cli(env: dict, *args: str, timeout: float = 1800) -> tuple[float, str, str]:
     """Run ``flask ARGS``; return (wall seconds, stdout, stderr). Raises on failure."""
     started = time.perf_counter()
@@ -190,13 +222,9 @@ def flask_cli(env: dict, *args: str, timeout: float = 1800) -> tuple[float, str,
 
 def proc_cpu_seconds(pid: int) -> float | None:
     """utime + stime of a process, in seconds (None if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            raw = fh.read()
-    except OSError:
+    fields = stat_fields(pid)
+    if fields is None:
         return None
-    fields = raw[raw.rindex(")") + 2 :].split()
-    # fields[0] is field 3 (state): utime is field 14, stime field 15.
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -216,18 +244,11 @@ def machine_ticks() -> tuple[int, int]:
 
 def tree_ticks(root: int) -> int:
     """CPU ticks of ``root`` and its live descendants, with their reaped children."""
-    stats = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii") as fh:
-                raw = fh.read()
-        except OSError:
-            continue
-        fields = raw[raw.rindex(")") + 2 :].split()
-        # ppid, utime + stime + cutime + cstime
-        stats[int(entry)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))
+    # ppid, utime + stime + cutime + cstime
+    stats = {
+        pid: (int(fields[1]), sum(int(x) for x in fields[11:15]))
+        for pid, fields in all_stat_fields().items()
+    }
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in stats.items():
         children.setdefault(ppid, []).append(pid)

@@ -25,12 +25,9 @@ DRILL_RETRIES (1: a drill whose pre-fault phase is already degraded is run once 
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import random
 import re
-import subprocess
 import sys
 import threading
 import time
@@ -49,7 +46,8 @@ from common import (  # noqa: E402
     log,
     machine_info,
     machine_ticks,
-    results_file,
+    results_doc,
+    run_seeding,
     stop_on_sigterm,
     tree_ticks,
     utc_stamp,
@@ -58,8 +56,8 @@ from common import (  # noqa: E402
 from loadgen import percentile, run_fixed_rate  # noqa: E402
 
 from crew7.services.cache import document_key  # noqa: E402
-from tests.support.nginx import request  # noqa: E402
 from tests.support.processes import ServerError, wait_until  # noqa: E402
+from tests.support.raw_http import request  # noqa: E402
 
 WARM_CREWS = 200
 COLD_CREWS = 9000
@@ -94,17 +92,13 @@ _CREW_KEY = re.compile(r"\S*" + re.escape(document_key("crew", "")) + r"(\d+)")
 
 def read_cache_counters(port):
     """{event: count} of the crew family summed over workers, or None without /metrics."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
     try:
-        conn.request("GET", "/metrics")
-        resp = conn.getresponse()
-        body = resp.read().decode("utf-8", "replace")
-        if resp.status != 200:
-            return None
+        status, _, data = request(port, "GET", "/metrics", timeout=2)
     except OSError:
         return None
-    finally:
-        conn.close()
+    if status != 200:
+        return None
+    body = data.decode("utf-8", "replace")
     out = {}
     for match in _METRIC.finditer(body):
         labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group("labels")))
@@ -194,13 +188,11 @@ class Drill:
     def warm(self):
         for start in range(0, len(self.warm_ids), 100):
             ids = ",".join(map(str, self.warm_ids[start : start + 100]))
-            conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=30)
-            conn.request("GET", f"/metadata/crews?ids={ids}")
-            resp = conn.getresponse()
-            resp.read()
-            conn.close()
-            if resp.status != 200:
-                raise RuntimeError(f"warming: HTTP {resp.status}")
+            status, _, _ = request(
+                self.server.port, "GET", f"/metadata/crews?ids={ids}", timeout=30
+            )
+            if status != 200:
+                raise RuntimeError(f"warming: HTTP {status}")
         present = sum(
             v is not None for v in self.redis.mget([document_key("crew", i) for i in self.warm_ids])
         )
@@ -652,28 +644,8 @@ def main():
             "0",
         )
         log(f"seed-demo: {out.strip()}")
-        proc = subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "bench" / "seeding.py"),
-                "--owner",
-                "drill-cold",
-                "--label",
-                "cold",
-                "--crews",
-                str(COLD_CREWS),
-                "--runs-each",
-                "3",
-            ],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"seeding failed:\n{proc.stderr}")
-        cold_ids = json.loads(proc.stdout.strip().splitlines()[-1])["crew_ids"]
+        cold = ("--owner", "drill-cold", "--label", "cold", "--crews", str(COLD_CREWS))
+        cold_ids = run_seeding(env, *cold, "--runs-each", "3", timeout=600)["crew_ids"]
         import psycopg
 
         with psycopg.connect(stack.pg.dsn) as conn:
@@ -739,14 +711,11 @@ def main():
                 if not server_obj.is_running():
                     notes.append(f"{label} was not running after drill {name}: restarted")
                     server_obj.restart()
-        stamp = started
-        json_file = results_file("drill-", stamp)
-        doc = {
-            "started": started,
-            "finished": utc_stamp(),
-            "minutes": round((time.monotonic() - t0) / 60, 2),
-            "json_file": str(json_file.relative_to(ROOT)),
-            "config": {
+        json_file, doc = results_doc(
+            "drill-",
+            started,
+            t0,
+            config={
                 "rate": rate,
                 "cold_share": cold_share,
                 "pre": pre,
@@ -758,10 +727,10 @@ def main():
                 "breaker": "app defaults (REDIS_SOCKET_TIMEOUT 0.25 s, BREAKER_THRESHOLD 3, "
                 "BREAKER_COOLDOWN 5 s)",
             },
-            "machine": machine,
-            "drills": reports,
-            "notes": notes,
-        }
+            machine=machine,
+            drills=reports,
+            notes=notes,
+        )
         write_results(json_file, doc, "drill-latest.md", write_markdown)
         log(
             f"wrote {json_file.relative_to(ROOT)} and bench/results/drill-latest.md "

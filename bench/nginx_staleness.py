@@ -34,10 +34,27 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.support.app import dispose, make_app, make_user, reset_schema  # noqa: E402
-from tests.support.gunicorn import GunicornServer, boot_gunicorn_options  # noqa: E402
-from tests.support.nginx import find_nginx, request, running_nginx  # noqa: E402
+from tests.support.app import fresh_users  # noqa: E402
+from tests.support.gunicorn import GunicornServer, boot_gunicorn_options, served_env  # noqa: E402
+from tests.support.nginx import find_nginx, running_nginx  # noqa: E402
+from tests.support.raw_http import request  # noqa: E402
 from tests.support.servers import PostgresServer, RedisServer  # noqa: E402
+
+
+def _renamed(status, name):
+    return (status, name) == (200, "New Name")
+
+
+def _hidden(status, name):
+    return status == 404
+
+
+# Each step: its title, the PATCH it sends, and what the app serves after it.
+STEPS = (
+    ("after a rename (Old Name -> New Name)", {"name": "New Name"}, _renamed),
+    ("after making it private (expect 404)", {"is_public": False}, _hidden),
+    ("after making it public again (expect 200)", {"is_public": True}, _renamed),
+)
 
 
 def poll(port, path, expect, interval, duration):
@@ -99,16 +116,9 @@ def main(argv=None):
             database_url = postgres.url
         else:
             database_url = f"sqlite:///{workdir / 'crew7.sqlite3'}"
-        app = make_app(database_url, redis_server.url)
-        reset_schema(app)
-        auth = make_user(app, "alice")["headers"]
-        dispose(app)
-        env = {
-            "DATABASE_URL": database_url,
-            "REDIS_URL": redis_server.url,
-            "CREW7_BEHIND_PROXY": "true",
-            "CREW7_CACHE_WARM_ON_START": "false",
-        }
+        (alice,) = fresh_users(database_url, redis_server.url, "alice")
+        auth = alice["headers"]
+        env = served_env(database_url, redis_server.url, BEHIND_PROXY=True)
         boot_args = [word for option in boot_gunicorn_options() for word in option]
         gunicorn = GunicornServer(env, workers=2, extra_args=tuple(boot_args))
         upstream = f"127.0.0.1:{gunicorn.port}"
@@ -127,31 +137,10 @@ def main(argv=None):
             print(f"# {conf}, {args.db}, GET {path} every {args.interval} s for {args.duration} s")
 
             summaries = []
-            call("PATCH", f"/crews/{crew['id']}", {"name": "New Name"})
-            rows = poll(
-                port,
-                path,
-                lambda status, name: (status, name) == (200, "New Name"),
-                args.interval,
-                args.duration,
-            )
-            summaries.append(report("after a rename (Old Name -> New Name)", rows))
-
-            call("PATCH", f"/crews/{crew['id']}", {"is_public": False})
-            rows = poll(
-                port, path, lambda status, name: status == 404, args.interval, args.duration
-            )
-            summaries.append(report("after making it private (expect 404)", rows))
-
-            call("PATCH", f"/crews/{crew['id']}", {"is_public": True})
-            rows = poll(
-                port,
-                path,
-                lambda status, name: (status, name) == (200, "New Name"),
-                args.interval,
-                args.duration,
-            )
-            summaries.append(report("after making it public again (expect 200)", rows))
+            for title, change, fresh in STEPS:
+                call("PATCH", f"/crews/{crew['id']}", change)
+                rows = poll(port, path, fresh, args.interval, args.duration)
+                summaries.append(report(title, rows))
             print("\n# summary (" + conf + ")")
             for line in summaries:
                 print(line)

@@ -32,7 +32,6 @@ import os
 import random
 import re
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -54,7 +53,8 @@ from common import (  # noqa: E402
     log,
     machine_info,
     median,
-    results_file,
+    results_doc,
+    run_seeding,
     stop_on_sigterm,
     utc_stamp,
     write_results,
@@ -64,6 +64,7 @@ from common import (  # noqa: E402
 from loadgen import run_fixed_rate, summarize_latencies  # noqa: E402
 
 from crew7.services.cache import document_key  # noqa: E402
+from tests.support.raw_http import request  # noqa: E402
 
 SCALES = {
     "full": {
@@ -141,7 +142,7 @@ def seed(stack, cfg):
     )
     demo = json.loads(out.strip().splitlines()[-1])
     log(f"seed-demo: {demo} ({wall:.1f} s)")
-    history = _seeding(
+    history = run_seeding(
         env, "--owner", "bench-history", "--label", "history", "--runs", *map(str, cfg["history"])
     )
     log(
@@ -151,7 +152,7 @@ def seed(stack, cfg):
     filler_count = cfg["total_crews"] - cfg["crews"] - len(cfg["history"])
     filler = None
     if filler_count > 0:
-        filler = _seeding(
+        filler = run_seeding(
             env,
             "--owner",
             "bench-filler",
@@ -194,20 +195,6 @@ def seed(stack, cfg):
         "filler_crews": filler_count if filler else 0,
         "totals": counts,
     }
-
-
-def _seeding(env, *args):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "seeding.py"), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"bench/seeding.py {' '.join(args)} failed:\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 # --------------------------------------------------------------------------
@@ -311,15 +298,10 @@ class Bench:
         """Fill the hit set's documents through the app (batch route, read-through)."""
         for start in range(0, len(self.hit_ids), BATCH_SIZE):
             ids = ",".join(map(str, self.hit_ids[start : start + BATCH_SIZE]))
-            conn = http.client.HTTPConnection("127.0.0.1", self.hits_srv.port, timeout=60)
-            try:
-                conn.request("GET", f"/metadata/crews?ids={ids}")
-                resp = conn.getresponse()
-                resp.read()
-                if resp.status != 200:
-                    raise RuntimeError(f"warming: HTTP {resp.status}")
-            finally:
-                conn.close()
+            path = f"/metadata/crews?ids={ids}"
+            status, _, _ = request(self.hits_srv.port, "GET", path, timeout=60)
+            if status != 200:
+                raise RuntimeError(f"warming: HTTP {status}")
         present = self.keys_present()
         if present != len(self.hit_ids):
             raise RuntimeError(f"warming: only {present}/{len(self.hit_ids)} documents cached")
@@ -973,14 +955,11 @@ def main():
             )
         summary = summarize(repetitions)
         machine["loadavg_end"] = list(os.getloadavg())
-        stamp = started_at
-        json_file = results_file("", stamp)
-        doc = {
-            "started": started_at,
-            "finished": utc_stamp(),
-            "minutes": round((time.monotonic() - t_start) / 60, 2),
-            "json_file": str(json_file.relative_to(ROOT)),
-            "config": {
+        json_file, doc = results_doc(
+            "",
+            started_at,
+            t_start,
+            config={
                 "scale": scale,
                 "reps": reps,
                 "reps_done": len(repetitions),
@@ -998,15 +977,15 @@ def main():
                 "burst_concurrency": BURST_CONCURRENCY,
                 "batch_size": BATCH_SIZE,
             },
-            "machine": machine,
-            "data": {k: v for k, v in data.items() if k != "main_crew_ids"},
-            "scenarios": {name: sc[2] for name, sc in bench.scenarios.items()},
-            "targets": {k: {"cmp": v[0], "target": v[1], "what": v[2]} for k, v in TARGETS.items()},
-            "repetitions": repetitions,
-            "warm_cache": warm,
-            "summary": summary,
-            "notes": notes,
-        }
+            machine=machine,
+            data={k: v for k, v in data.items() if k != "main_crew_ids"},
+            scenarios={name: sc[2] for name, sc in bench.scenarios.items()},
+            targets={k: {"cmp": v[0], "target": v[1], "what": v[2]} for k, v in TARGETS.items()},
+            repetitions=repetitions,
+            warm_cache=warm,
+            summary=summary,
+            notes=notes,
+        )
         write_results(json_file, doc, "latest.md", write_markdown)
         write_png(RESULTS / "latest.png", doc)
         log(

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from tests.support import app as support_app
-from tests.support.ci import require
 
 UNIT_DIR = Path(__file__).resolve().parent / "unit"
 # Fixtures that start a server; a unit test must not use any of them.
@@ -82,42 +81,30 @@ def _dispose_apps():
 
 @pytest.fixture(scope="session")
 def redis_server():
-    from tests.support.servers import RedisServer, find_redis_server
+    from tests.support.servers import RedisServer, running
 
-    require(find_redis_server(), "redis-server")
-    server = RedisServer.start()
-    yield server
-    server.close()
+    yield from running(RedisServer)
 
 
 @pytest.fixture(scope="session")
 def postgres_server():
-    from tests.support.servers import PostgresServer, find_postgres_bin
+    from tests.support.servers import PostgresServer, running
 
-    require(find_postgres_bin(), "PostgreSQL")
-    server = PostgresServer.start()
-    yield server
-    server.close()
+    yield from running(PostgresServer)
 
 
 @pytest.fixture(scope="session")
 def redis_cluster():
-    from tests.support.servers import RedisCluster, find_redis_server
+    from tests.support.servers import RedisCluster, running
 
-    require(find_redis_server(), "redis-server")
-    cluster = RedisCluster.start(masters=3, replicas=0)
-    yield cluster
-    cluster.close()
+    yield from running(RedisCluster, masters=3, replicas=0)
 
 
 @pytest.fixture(scope="session")
 def redis_sentinel():
-    from tests.support.servers import RedisSentinelSet, find_redis_server
+    from tests.support.servers import RedisSentinelSet, running
 
-    require(find_redis_server(), "redis-server")
-    sentinels = RedisSentinelSet.start()
-    yield sentinels
-    sentinels.close()
+    yield from running(RedisSentinelSet)
 
 
 @pytest.fixture
@@ -155,10 +142,7 @@ def redis_client(redis_topology, request):
 
 @pytest.fixture
 def database_url(db_kind, request, tmp_path):
-    if db_kind == "sqlite":
-        return f"sqlite:///{tmp_path / 'crew7.sqlite3'}"
-    server = request.getfixturevalue("postgres_server")
-    return server.url
+    return support_app.database_url_for(db_kind, tmp_path, request)
 
 
 @pytest.fixture

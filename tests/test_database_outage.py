@@ -3,18 +3,13 @@
 import pytest
 
 from tests.support.app import make_app, make_user, reset_schema
-from tests.support.ci import missing
 from tests.support.helpers import body, seed_crew
-from tests.support.servers import PostgresServer, find_postgres_bin
+from tests.support.servers import PostgresServer, running
 
 
 @pytest.fixture
 def own_postgres():
-    if find_postgres_bin() is None:
-        missing("PostgreSQL")
-    server = PostgresServer.start()
-    yield server
-    server.close()
+    yield from running(PostgresServer)
 
 
 def test_database_down(own_postgres, redis_server, redis_client):

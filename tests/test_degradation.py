@@ -6,18 +6,13 @@ import time
 import pytest
 
 from tests.support.app import make_user
-from tests.support.ci import missing
 from tests.support.helpers import body, seed_crew
-from tests.support.servers import RedisServer, find_redis_server
+from tests.support.servers import RedisServer, running
 
 
 @pytest.fixture
 def own_redis():
-    if find_redis_server() is None:
-        missing("redis-server")
-    server = RedisServer.start()
-    yield server
-    server.stop()
+    yield from running(RedisServer)
 
 
 @pytest.fixture

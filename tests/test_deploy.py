@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import gzip
-import http.client
 import json
 import os
 import re
@@ -30,7 +29,12 @@ from tests.support.nginx import (
     render_nginx_conf,
     start_nginx,
 )
-from tests.support.processes import free_port, port_accepts, stop_process, wait_until
+from tests.support.processes import (
+    free_port,
+    start_listening,
+    stop_process,
+)
+from tests.support.raw_http import request
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -392,31 +396,15 @@ def stack(nginx_dir):
     procs = []
     gunicorn_log = nginx_dir / "gunicorn.log"
     try:
-        with gunicorn_log.open("wb") as out:
-            procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "gunicorn",
-                        "-c",
-                        str(GUNICORN_CONF),
-                        "--chdir",
-                        str(nginx_dir),
-                        "echo_app:app",
-                    ],
-                    env=_gunicorn_env(GUNICORN_BIND=f"127.0.0.1:{app_port}", WEB_CONCURRENCY="1"),
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                )
+        procs.append(
+            start_listening(
+                [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF)]
+                + ["--chdir", str(nginx_dir), "echo_app:app"],
+                app_port,
+                gunicorn_log,
+                "gunicorn",
+                env=_gunicorn_env(GUNICORN_BIND=f"127.0.0.1:{app_port}", WEB_CONCURRENCY="1"),
             )
-        wait_until(
-            lambda: port_accepts(app_port),
-            8.0,
-            f"gunicorn listening on port {app_port}",
-            proc=procs[0],
-            logs=[gunicorn_log],
         )
         conf = render_nginx_conf(nginx_dir, proxy_port, f"127.0.0.1:{app_port}")
         procs.append(start_nginx(nginx_dir, conf, proxy_port))
@@ -427,17 +415,11 @@ def stack(nginx_dir):
 
 
 def _request(port, path, method="GET", headers=None, body=None):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        data = response.read()
-        result_headers = {k.lower(): v for k, v in response.getheaders()}
-        if result_headers.get("content-encoding") == "gzip":
-            data = gzip.decompress(data)
-        return response.status, result_headers, data
-    finally:
-        conn.close()
+    """One request; a gzip-encoded body comes back decompressed."""
+    status, result_headers, data = request(port, method, path, body, headers)
+    if result_headers.get("content-encoding") == "gzip":
+        data = gzip.decompress(data)
+    return status, result_headers, data
 
 
 def _json(response):

@@ -7,20 +7,15 @@ import time
 import pytest
 
 from tests.support.app import make_user
-from tests.support.ci import missing
 from tests.support.helpers import seed_crew
-from tests.support.servers import RedisSentinelSet, find_redis_server
+from tests.support.servers import RedisSentinelSet, running
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def own_sentinels():
-    if find_redis_server() is None:
-        missing("redis-server")
-    sentinels = RedisSentinelSet.start()
-    yield sentinels
-    sentinels.close()
+    yield from running(RedisSentinelSet)
 
 
 def test_sentinel_master_killed_under_load(own_sentinels, app_factory, db_kind):

@@ -21,7 +21,6 @@ FUZZ_TIMEOUT), 127.0.0.1 only; gunicorn is stopped by its pid.
 from __future__ import annotations
 
 import base64
-import http.client
 import importlib.util
 import json
 import os
@@ -37,9 +36,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.app import dispose, make_app, make_user, reset_schema
+from tests.support import raw_http
+from tests.support.app import database_url_for, fresh_users
 from tests.support.ci import missing
-from tests.support.gunicorn import GunicornServer
+from tests.support.gunicorn import GunicornServer, served_env
 
 pytestmark = [pytest.mark.gunicorn, pytest.mark.slow]
 
@@ -68,21 +68,10 @@ class Api:
 
     def call(self, method, path, body=None, headers=None):
         """One request; returns (status, decoded JSON or raw bytes)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            hdrs = dict(headers or {})
-            payload = None
-            if body is not None:
-                payload = json.dumps(body).encode()
-                hdrs.setdefault("Content-Type", "application/json")
-            conn.request(method, path, body=payload, headers=hdrs)
-            response = conn.getresponse()
-            data = response.read()
-            if response.getheader("Content-Type", "").startswith("application/json") and data:
-                return response.status, json.loads(data)
-            return response.status, data
-        finally:
-            conn.close()
+        status, got, data = raw_http.request(self.port, method, path, body, headers, timeout=10)
+        if got.get("content-type", "").startswith("application/json") and data:
+            return status, json.loads(data)
+        return status, data
 
     def create(self, path, body):
         status, data = self.call("POST", path, body, self.auth)
@@ -94,25 +83,15 @@ class Api:
 def api(db_kind, request, redis_server, tmp_path_factory):
     """gunicorn serving the real app on a fresh database of db_kind, with two users' data."""
     workdir = tmp_path_factory.mktemp("fuzz")
-    if db_kind == "sqlite":
-        database_url = f"sqlite:///{workdir / 'crew7.sqlite3'}"
-    else:
-        database_url = request.getfixturevalue("postgres_server").url
+    database_url = database_url_for(db_kind, workdir, request)
     client = redis.Redis.from_url(redis_server.url)
     client.flushdb()
     client.close()
-    app = make_app(database_url, redis_server.url)
-    reset_schema(app)
-    token = make_user(app, "fuzzer")["token"]
-    # Owns the documents the metadata operations are pointed at: the fuzzer may delete
-    # its own crews, not these.
-    owner_token = make_user(app, "owner")["token"]
-    dispose(app)
-    env = {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_server.url,
-        "CREW7_CACHE_WARM_ON_START": "false",
-    }
+    # The owner owns the documents the metadata operations are pointed at: the fuzzer may
+    # delete its own crews, not these.
+    fuzzer, owner = fresh_users(database_url, redis_server.url, "fuzzer", "owner")
+    token, owner_token = fuzzer["token"], owner["token"]
+    env = served_env(database_url, redis_server.url)
     with GunicornServer(env, workers=2) as server:
         target = Api(server.url, server.port, token, workdir, db_kind)
         owner = Api(server.url, server.port, owner_token, workdir, db_kind)

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.support.gunicorn import GunicornServer
+from tests.support.gunicorn import GunicornServer, served_env
 
 
 def fetch(url, headers=None):
@@ -49,11 +49,7 @@ def test_counters_reconcile_across_workers(app, database_url, redis_server, redi
         seed_demo(users=1, crews=10, agents_per_crew=2, runs_per_crew=3, private_every=5)
         _, admin = create_user("ops", admin=True)
         _, plain = create_user("dev")
-    env = {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_server.url,
-        "CREW7_CACHE_WARM_ON_START": "false",
-    }
+    env = served_env(database_url, redis_server.url)
     paths = []
     for n in range(1, 11):
         paths += [f"/metadata/crew/{n}"] * 3 + [

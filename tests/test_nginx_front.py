@@ -27,9 +27,10 @@ from dataclasses import dataclass
 import pytest
 import redis
 
-from tests.support.app import dispose, make_app, make_user, reset_schema
-from tests.support.gunicorn import GunicornServer, boot_gunicorn_options
-from tests.support.nginx import nginx_binary, nginx_workdir, request, running_nginx
+from tests.support.app import database_url_for, fresh_users, make_app
+from tests.support.gunicorn import GunicornServer, boot_gunicorn_options, served_env
+from tests.support.nginx import nginx_binary, nginx_workdir, running_nginx
+from tests.support.raw_http import request
 from tests.test_deploy import BODY_LIMIT
 
 pytestmark = [pytest.mark.nginx, pytest.mark.gunicorn]
@@ -95,24 +96,13 @@ def front(db_kind, request, redis_server):
     """nginx -> gunicorn (2 workers) -> the app, on the database of db_kind."""
     nginx_binary()
     workdir = nginx_workdir("crew7-front-db-")
-    if db_kind == "sqlite":
-        database_url = f"sqlite:///{workdir / 'crew7.sqlite3'}"
-    else:
-        database_url = request.getfixturevalue("postgres_server").url
+    database_url = database_url_for(db_kind, workdir, request)
     client = redis.Redis.from_url(redis_server.url)
     client.flushdb()
     client.close()
-    app = make_app(database_url, redis_server.url)
-    reset_schema(app)
-    token = make_user(app, "alice")["token"]
-    dispose(app)
-    env = {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_server.url,
-        "CREW7_BEHIND_PROXY": "true",
-        "CREW7_CACHE_WARM_ON_START": "false",
-        "CREW7_CACHE_TRACE": "true",
-    }
+    (alice,) = fresh_users(database_url, redis_server.url, "alice")
+    token = alice["token"]
+    env = served_env(database_url, redis_server.url, BEHIND_PROXY=True, CACHE_TRACE=True)
     gunicorn = None
     try:
         # As the container runs it (deploy/boot.sh's options), with gunicorn.conf.py's

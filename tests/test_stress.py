@@ -4,7 +4,6 @@ Bounded: about 10 s of load per database, 127.0.0.1 only; every process it start
 stopped by its pid.
 """
 
-import http.client
 import json
 import os
 import random
@@ -17,20 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.support.gunicorn import GunicornServer
+from tests.support import raw_http
+from tests.support.gunicorn import GunicornServer, served_env
 from tests.support.stale_checker import stale_reads
 
 
-def request(port, method, path, body=None, headers=None, timeout=10):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        payload = json.dumps(body) if body is not None else None
-        hdrs = {"Content-Type": "application/json", **(headers or {})}
-        conn.request(method, path, body=payload, headers=hdrs)
-        r = conn.getresponse()
-        return r.status, r.read()
-    finally:
-        conn.close()
+def request(port, method, path, body=None, headers=None):
+    status, _, data = raw_http.request(port, method, path, body, headers, timeout=10)
+    return status, data
 
 
 def computations(log):
@@ -59,14 +52,7 @@ def seeded(app):
 
 
 def server_env(database_url, redis_server, **extra):
-    env = {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_server.url,
-        "CREW7_CACHE_WARM_ON_START": "false",
-        "CREW7_CACHE_TRACE": "true",
-    }
-    env.update({f"CREW7_{k}": str(v) for k, v in extra.items()})
-    return env
+    return served_env(database_url, redis_server.url, CACHE_TRACE=True, **extra)
 
 
 @pytest.mark.slow

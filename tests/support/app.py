@@ -59,6 +59,23 @@ def make_user(app, name, admin=False):
         }
 
 
+def fresh_users(database_url, redis_url, *names):
+    """An empty schema on database_url with a user per name (make_user's dicts), for a
+    server to serve: the app that made them is disposed."""
+    app = make_app(database_url, redis_url)
+    reset_schema(app)
+    users = [make_user(app, name) for name in names]
+    dispose(app)
+    return users
+
+
+def database_url_for(db_kind, folder, request):
+    """A SQLite file in folder, or the session's PostgreSQL (postgres_server) by db_kind."""
+    if db_kind == "sqlite":
+        return f"sqlite:///{folder / 'crew7.sqlite3'}"
+    return request.getfixturevalue("postgres_server").url
+
+
 def db_scalar(app, sql, **params):
     """The first column of the first row of ``sql`` on the app's database."""
     from crew7.extensions import db

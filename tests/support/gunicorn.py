@@ -20,6 +20,21 @@ BOOT = ROOT / "deploy" / "boot.sh"
 _ACCESS_LINE = re.compile(r'^\S+ \S+ "[A-Z]+ \S+ HTTP/[0-9.]+" \d{3} ')
 
 
+def served_env(database_url, redis_url, **settings):
+    """The app's environment on database_url and redis_url, its cache not warmed at start.
+
+    settings: more of the app's settings, named without CREW7_ (``CACHE_TRACE=True``).
+    """
+    env = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "CREW7_CACHE_WARM_ON_START": "false",
+    }
+    for name, value in settings.items():
+        env[f"CREW7_{name}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
 def boot_gunicorn_options():
     """The options deploy/boot.sh gives gunicorn besides -c gunicorn.conf.py, as pairs."""
     (line,) = [

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import http.client
-import json
 import os
 import re
 import shutil
@@ -13,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from tests.support.ci import missing
-from tests.support.processes import free_port, port_accepts, stop_process, wait_until
+from tests.support.processes import free_port, start_listening, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
@@ -82,23 +80,14 @@ def render_nginx_conf(workdir, listen_port, upstream, limits=None, conf_text=Non
 
 def start_nginx(workdir: Path, conf: Path, port: int) -> subprocess.Popen:
     """nginx -c conf in the foreground; returns once it accepts connections on port."""
-    with (workdir / "nginx.out").open("wb") as out:
-        proc = subprocess.Popen(
-            [nginx_binary(), "-e", "stderr", "-p", str(workdir), "-c", str(conf)]
-            + ["-g", "daemon off;"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    wait_until(
-        lambda: port_accepts(port),
-        8.0,
-        f"nginx listening on port {port}",
-        proc=proc,
-        logs=[workdir / "nginx.out", workdir / "error.log"],
-        on_failure=lambda: stop_process(proc, timeout=5),
+    return start_listening(
+        [nginx_binary(), "-e", "stderr", "-p", str(workdir), "-c", str(conf)]
+        + ["-g", "daemon off;"],
+        port,
+        workdir / "nginx.out",
+        "nginx",
+        logs=[workdir / "error.log"],
     )
-    return proc
 
 
 @contextlib.contextmanager
@@ -122,19 +111,3 @@ def running_nginx(upstream, limits=None, edit=None, conf_text=None):
         if proc is not None:
             stop_process(proc, timeout=5)
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def request(port, method, path, body=None, headers=None):
-    """One request on a new connection: (status, lower-cased headers, body bytes)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        hdrs = dict(headers or {})
-        if isinstance(body, dict):
-            body = json.dumps(body).encode()
-            hdrs.setdefault("Content-Type", "application/json")
-        conn.request(method, path, body=body, headers=hdrs)
-        response = conn.getresponse()
-        data = response.read()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
-    finally:
-        conn.close()

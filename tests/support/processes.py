@@ -59,21 +59,31 @@ def logs_of(paths: Iterable) -> str:
     return "\n".join(tail(path) for path in paths)
 
 
+def stat_fields(pid) -> list[str] | None:
+    """/proc/<pid>/stat's fields from the third (state) on; None when the process is gone.
+
+    So field n of proc(5) is at index n - 3: the parent pid at 1, utime and stime at 11, 12.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            raw = fh.read()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def all_stat_fields() -> dict[int, list[str]]:
+    """stat_fields() of every live process, by pid."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := stat_fields(entry)) is not None:
+            out[int(entry)] = fields
+    return out
+
+
 def children(ppid: int) -> list[int]:
     """Pids of the live children of ``ppid``, from /proc."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii") as fh:
-                raw = fh.read()
-        except OSError:
-            continue
-        fields = raw[raw.rindex(")") + 2 :].split()
-        if int(fields[1]) == ppid:
-            out.append(int(entry))
-    return sorted(out)
+    return sorted(pid for pid, fields in all_stat_fields().items() if int(fields[1]) == ppid)
 
 
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
@@ -92,6 +102,25 @@ def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: flo
         except ProcessLookupError:
             pass
         proc.wait(timeout=10)
+
+
+def start_listening(cmd, port: int, log, what: str, *, logs: Iterable = (), **popen):
+    """``cmd`` started with its output in the file ``log``; returns its Popen once something
+    accepts connections on ``port``. Otherwise (8 s, or it exits) it is stopped and
+    ServerError names ``what``, with the tail of ``log`` and of ``logs``."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **popen
+        )
+    wait_until(
+        lambda: port_accepts(port),
+        8.0,
+        f"{what} listening on port {port}",
+        proc=proc,
+        logs=[log, *logs],
+        on_failure=lambda: stop_process(proc, timeout=5),
+    )
+    return proc
 
 
 def wait_until(

@@ -44,6 +44,7 @@ __all__ = [
     "find_redis_server",
     "free_port",
     "redis_version",
+    "running",
 ]
 
 PG_DATABASE = "crew7_test"
@@ -74,6 +75,76 @@ def _close_all() -> None:
             pass
 
 
+def _retrying(attempt, tries: int = 3):
+    """``attempt()``, again while it raises ServerError (most likely a port taken in the
+    meantime), ``tries`` times at most; then that error."""
+    for n in range(tries):
+        try:
+            return attempt()
+        except ServerError:
+            if n == tries - 1:
+                raise
+    raise ValueError("tries must be >= 1")
+
+
+class _Handle:
+    """A server or group of servers to ``close()``; ``with`` closes it."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _Process(_Handle):
+    """A server run as one child process, ``_proc``, started by ``_launch()``."""
+
+    _proc: subprocess.Popen | None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def __repr__(self) -> str:
+        return f"<{self._label()} pid={self.pid} running={self.is_running()}>"
+
+
+class _Group(_Handle):
+    """Servers started together in one temporary directory, ``tmpdir``."""
+
+    tmpdir: str
+
+    def _all_servers(self) -> list:
+        """Every server of the group, in the order they are stopped."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop every server (by pid); the temporary directory is kept."""
+        for server in self._all_servers():
+            server.stop()
+
+    def close(self) -> None:
+        """Stop every server and remove the temporary directory (final)."""
+        for server in self._all_servers():
+            server.close()
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+        _unregister(self)
+
+    def server_for(self, port: int):
+        """The handle of the server listening on ``port``."""
+        for server in self._all_servers():
+            if server.port == port:
+                return server
+        raise KeyError(port)
+
+
 # --------------------------------------------------------------------------
 # Redis
 # --------------------------------------------------------------------------
@@ -94,7 +165,7 @@ def find_redis_server() -> str | None:
     return None
 
 
-class RedisServer:
+class RedisServer(_Process):
     """A ``redis-server`` child process without persistence."""
 
     start_timeout = 10.0
@@ -137,22 +208,21 @@ class RedisServer:
             tmpdir = tempfile.mkdtemp(prefix="crew7-redis-")
         else:
             os.makedirs(tmpdir, exist_ok=True)
-        attempts = 1 if port is not None else 3
-        last_error: Exception | None = None
-        for _ in range(attempts):
+
+        def attempt() -> RedisServer:
             server = cls(
                 binary, tmpdir, port if port is not None else free_port(), own, tuple(extra_args)
             )
-            try:
-                server._launch()
-            except ServerError as exc:
-                last_error = exc
-                continue
+            server._launch()
             _register(server)
             return server
-        if own:
-            shutil.rmtree(tmpdir, ignore_errors=True)
-        raise last_error  # type: ignore[misc]
+
+        try:
+            return _retrying(attempt, 1 if port is not None else 3)
+        except ServerError:
+            if own:
+                shutil.rmtree(tmpdir, ignore_errors=True)
+            raise
 
     def _command(self) -> list[str]:
         return [
@@ -206,13 +276,6 @@ class RedisServer:
         finally:
             client.close()
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def freeze(self) -> None:
         """Suspend the server (SIGSTOP): connections hang instead of failing."""
         if not self.is_running():
@@ -255,14 +318,8 @@ class RedisServer:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
         _unregister(self)
 
-    def __enter__(self) -> RedisServer:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<RedisServer {self.url} pid={self.pid} running={self.is_running()}>"
+    def _label(self) -> str:
+        return f"RedisServer {self.url}"
 
 
 # --------------------------------------------------------------------------
@@ -368,7 +425,7 @@ def _pairs(reply) -> dict:
     return dict(zip(reply[::2], reply[1::2], strict=False))
 
 
-class RedisCluster:
+class RedisCluster(_Group):
     """A Redis Cluster on 127.0.0.1: ``masters * (1 + replicas)`` redis-server processes.
 
     Nodes run without persistence, with ``--cluster-node-timeout 2000`` and their cluster bus
@@ -422,8 +479,8 @@ class RedisCluster:
     def _start_node(self, ports: _Ports) -> RedisServer:
         # --cluster-port is new in Redis 7.0; before, the bus is always on port + 10000.
         own_bus_port = redis_version(find_redis_server() or "") >= (7,)
-        last_error: ServerError | None = None
-        for _ in range(3):
+
+        def attempt() -> RedisServer:
             if own_bus_port:
                 port, bus_port = ports.take(), ports.take()
                 bus_args: tuple[str, ...] = ("--cluster-port", str(bus_port))
@@ -443,15 +500,12 @@ class RedisCluster:
                 "--repl-diskless-sync-delay",
                 "0",
             )
-            try:
-                server = RedisServer.start(tmpdir=nodedir, port=port, extra_args=args)
-            except ServerError as exc:  # most likely a port taken in the meantime
-                last_error = exc
-                continue
+            server = RedisServer.start(tmpdir=nodedir, port=port, extra_args=args)
             self.servers.append(server)
             self.bus_ports.append(bus_port)
             return server
-        raise last_error  # type: ignore[misc]
+
+        return _retrying(attempt)
 
     def _create(self, cli: str, deadline: float) -> None:
         cmd = [
@@ -479,23 +533,8 @@ class RedisCluster:
                 f"redis-cli --cluster create failed ({result.returncode}):\n{result.stdout}"
             )
 
-    def stop(self) -> None:
-        """Stop every node (SIGTERM by pid); the temporary directory is kept."""
-        for server in self.servers:
-            server.stop()
-
-    def close(self) -> None:
-        """Stop every node and remove the temporary directory (final)."""
-        for server in self.servers:
-            server.close()
-        shutil.rmtree(self.tmpdir, ignore_errors=True)
-        _unregister(self)
-
-    def __enter__(self) -> RedisCluster:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def _all_servers(self) -> list[RedisServer]:
+        return self.servers
 
     def __repr__(self) -> str:
         return f"<RedisCluster {self.startup_nodes} replicas={self.replicas}>"
@@ -520,13 +559,6 @@ class RedisCluster:
     @property
     def pids(self) -> list[int | None]:
         return [server.pid for server in self.servers]
-
-    def server_for(self, port: int) -> RedisServer:
-        """The RedisServer handle of the node on ``port``."""
-        for server in self.servers:
-            if server.port == port:
-                return server
-        raise KeyError(port)
 
     def _running(self) -> list[RedisServer]:
         return [server for server in self.servers if server.is_running()]
@@ -695,11 +727,11 @@ class _SentinelProcess(RedisServer):
             self.logfile,
         ]
 
-    def __repr__(self) -> str:
-        return f"<Sentinel {HOST}:{self.port} pid={self.pid} running={self.is_running()}>"
+    def _label(self) -> str:
+        return f"Sentinel {HOST}:{self.port}"
 
 
-class RedisSentinelSet:
+class RedisSentinelSet(_Group):
     """A master, one replica and ``sentinels`` Sentinels, all on 127.0.0.1.
 
     ``master`` and ``replica`` are the RedisServer handles of the servers started in those
@@ -757,20 +789,16 @@ class RedisSentinelSet:
         return group
 
     def _start_redis(self, ports: _Ports, args: tuple[str, ...]) -> RedisServer:
-        last_error: ServerError | None = None
-        for _ in range(3):
+        def attempt() -> RedisServer:
             port = ports.take()
             serverdir = os.path.join(self.tmpdir, f"redis-{port}")
             os.makedirs(serverdir, exist_ok=True)
-            try:
-                return RedisServer.start(tmpdir=serverdir, port=port, extra_args=args)
-            except ServerError as exc:
-                last_error = exc
-        raise last_error  # type: ignore[misc]
+            return RedisServer.start(tmpdir=serverdir, port=port, extra_args=args)
+
+        return _retrying(attempt)
 
     def _start_sentinel(self, binary: str, ports: _Ports, quorum: int) -> _SentinelProcess:
-        last_error: ServerError | None = None
-        for _ in range(3):
+        def attempt() -> _SentinelProcess:
             port = ports.take()
             sentineldir = os.path.join(self.tmpdir, f"sentinel-{port}")
             os.makedirs(sentineldir, exist_ok=True)
@@ -787,38 +815,18 @@ class RedisSentinelSet:
                     f"sentinel parallel-syncs {name} 1\n"
                 )
             sentinel = _SentinelProcess(binary, sentineldir, port, conffile)
-            try:
-                sentinel._launch()
-            except ServerError as exc:
-                last_error = exc
-                continue
+            sentinel._launch()
             _register(sentinel)
             self.sentinel_servers.append(sentinel)
             return sentinel
-        raise last_error  # type: ignore[misc]
 
-    def stop(self) -> None:
-        """Stop the Sentinels first (no failover on the way out), then the servers."""
-        for server in self._all_servers():
-            server.stop()
-
-    def close(self) -> None:
-        """Stop everything and remove the temporary directory (final)."""
-        for server in self._all_servers():
-            server.close()
-        shutil.rmtree(self.tmpdir, ignore_errors=True)
-        _unregister(self)
-
-    def __enter__(self) -> RedisSentinelSet:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        return _retrying(attempt)
 
     def __repr__(self) -> str:
         return f"<RedisSentinelSet {self.master_name} sentinels={self.sentinels_setting}>"
 
     def _all_servers(self) -> list[RedisServer]:
+        # The Sentinels stop first: no failover on the way out.
         data = [server for server in (self.replica, self.master) if server is not None]
         return [*self.sentinel_servers, *data]
 
@@ -848,13 +856,6 @@ class RedisSentinelSet:
     def client(self, **kwargs):
         """``sentinel_client(**kwargs).master_for(master_name)``: follows failovers."""
         return self.sentinel_client(**kwargs).master_for(self.master_name)
-
-    def server_for(self, port: int) -> RedisServer:
-        """The handle (master, replica or Sentinel) listening on ``port``."""
-        for server in (self.master, self.replica, *self.sentinel_servers):
-            if server is not None and server.port == port:
-                return server
-        raise KeyError(port)
 
     def _master_answers(self) -> list[tuple[str, int]]:
         answers = []
@@ -986,7 +987,7 @@ def _as_root() -> bool:
     return os.geteuid() == 0
 
 
-class PostgresServer:
+class PostgresServer(_Process):
     """A throwaway PostgreSQL cluster with ``-A trust`` and no durability.
 
     As root the cluster belongs to, and the server runs as, the ``postgres``
@@ -1153,13 +1154,6 @@ class PostgresServer:
         self._create_database(name)
         return self.url_for(name)
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def stop(self) -> None:
         """Fast shutdown (SIGINT); the data directory is kept for restart()."""
         if self._proc is None:
@@ -1179,14 +1173,30 @@ class PostgresServer:
         shutil.rmtree(self.basedir, ignore_errors=True)
         _unregister(self)
 
-    def __enter__(self) -> PostgresServer:
-        return self
+    def _label(self) -> str:
+        return f"PostgresServer {self.url}"
 
-    def __exit__(self, *exc) -> None:
-        self.close()
 
-    def __repr__(self) -> str:
-        return f"<PostgresServer {self.url} pid={self.pid} running={self.is_running()}>"
+# --------------------------------------------------------------------------
+# Fixtures
+# --------------------------------------------------------------------------
+
+
+def running(kind, **options):
+    """For a fixture: ``kind.start(**options)`` (a server class above), yielded, then closed.
+
+    Without its binaries (PostgreSQL's for PostgresServer, else redis-server) the test is
+    skipped, or failed under CI=true (tests/support/ci.py).
+    """
+    from tests.support.ci import require
+
+    if kind is PostgresServer:
+        require(find_postgres_bin(), "PostgreSQL")
+    else:
+        require(find_redis_server(), "redis-server")
+    server = kind.start(**options)
+    yield server
+    server.close()
 
 
 if __name__ == "__main__":
