@@ -20,6 +20,8 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    event,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -170,3 +172,30 @@ class CrewStats(db.Model):
         if not self.duration_count:
             return None
         return round(self.duration_sum / self.duration_count, 2)
+
+
+class CacheChange(db.Model):
+    """One entry of the cache change log: a committed change affected the documents that
+    ``kind`` and ``ref_id`` name. Written only by the database's triggers
+    (``crew7.changelog_triggers``), read and pruned by the relay
+    (``crew7.services.changelog``)."""
+
+    __tablename__ = "cache_changes"
+    # Ids are the relay's watermark: never reused, even after every row was pruned.
+    __table_args__ = (Index("ix_cache_changes_created_at", "created_at"), _NO_ID_REUSE)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    kind: Mapped[str] = mapped_column(Text)
+    ref_id: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime, server_default=text("CURRENT_TIMESTAMP"))
+
+
+@event.listens_for(db.metadata, "after_create")
+def _install_change_log_triggers(target, connection, **kw):
+    # create_all (tests, `flask init-db`) gets the triggers migration 0003 creates.
+    from crew7 import changelog_triggers
+
+    if {"crews", "agents", "runs", "cache_changes"} <= set(target.tables):
+        changelog_triggers.install(connection)
