@@ -5,19 +5,24 @@ sqlite3, a Core ``update()``, a data migration).
 They mirror ``crew7.invalidation.RULES``, one entry per document group a changed row
 affects (the relay, ``crew7.services.changelog``, expands entries into keys):
 
-    kind          ref_id    written when                          the relay invalidates
-    crew          crew      a crew is inserted, deleted, or its   its document, agents list
-                            name/description/process/is_public    and each of its agents
-                            changes
-    stats         NULL      a crew's name or is_public changes,   the stats documents
+    kind           ref_id   written when                          the relay invalidates
+    crew           crew     a crew is inserted, deleted, or its   its document, its agents
+                            name/description/process/is_public    list and each of its
+                            changes                               agents' documents
+    stats          NULL     a crew's name or is_public changes,   the stats documents
                             or it is deleted
-    views         crew      a crew is deleted                     its popularity entry
-    agent         agent     an agent is inserted, deleted or one  its document
+    views          crew     a crew is deleted                     its popularity entry
+    agent          agent    an agent is inserted, deleted or one  its document
                             of its fields changes
-    crew_agents   crew      same (the agent's crew; old and new   the crew's agents list
-                            crew if it moved)                     and document (agent count)
-    runs          crew      a run is inserted, deleted or its     the crew's document
-                            status/duration/tokens/dates change
+    crew_agents    crew     same (the agent's crew; old and new   the crew's agents list
+                            crew if it moved)
+    crew_document  crew     an agent is inserted or deleted (the  the crew's document
+                            agent count); a run is inserted,
+                            deleted or its status/duration/
+                            tokens/dates change (the aggregates)
+
+Entries carry the ids the relay needs rather than the changed row alone: a deleted
+agent's crew could not be looked up once it is gone.
 
 A crew's deletion cascades to its agents and runs: agents still write their own entry
 (their documents must go), but neither writes a crew-level entry for a crew that is gone
@@ -53,6 +58,8 @@ def _crew_exists(ref):
     return f" WHERE EXISTS (SELECT 1 FROM crews WHERE id = {ref})"
 
 
+_MOVED = " WHERE OLD.crew_id IS NOT NEW.crew_id"
+
 _SQLITE_TRIGGERS = {
     "crew7_crews_insert": ("AFTER INSERT ON crews", "", [_sqlite_log("crew", "NEW.id")]),
     "crew7_crews_update": (
@@ -77,7 +84,11 @@ _SQLITE_TRIGGERS = {
     "crew7_agents_insert": (
         "AFTER INSERT ON agents",
         "",
-        [_sqlite_log("agent", "NEW.id"), _sqlite_log("crew_agents", "NEW.crew_id")],
+        [
+            _sqlite_log("agent", "NEW.id"),
+            _sqlite_log("crew_agents", "NEW.crew_id"),
+            _sqlite_log("crew_document", "NEW.crew_id"),
+        ],
     ),
     "crew7_agents_update": (
         "AFTER UPDATE ON agents",
@@ -85,7 +96,9 @@ _SQLITE_TRIGGERS = {
         [
             _sqlite_log("agent", "NEW.id"),
             _sqlite_log("crew_agents", "NEW.crew_id"),
-            _sqlite_log("crew_agents", "OLD.crew_id", " WHERE OLD.crew_id IS NOT NEW.crew_id"),
+            _sqlite_log("crew_agents", "OLD.crew_id", _MOVED),
+            _sqlite_log("crew_document", "OLD.crew_id", _MOVED),
+            _sqlite_log("crew_document", "NEW.crew_id", _MOVED),
         ],
     ),
     "crew7_agents_delete": (
@@ -94,21 +107,26 @@ _SQLITE_TRIGGERS = {
         [
             _sqlite_log("agent", "OLD.id"),
             _sqlite_log("crew_agents", "OLD.crew_id", _crew_exists("OLD.crew_id")),
+            _sqlite_log("crew_document", "OLD.crew_id", _crew_exists("OLD.crew_id")),
         ],
     ),
-    "crew7_runs_insert": ("AFTER INSERT ON runs", "", [_sqlite_log("runs", "NEW.crew_id")]),
+    "crew7_runs_insert": (
+        "AFTER INSERT ON runs",
+        "",
+        [_sqlite_log("crew_document", "NEW.crew_id")],
+    ),
     "crew7_runs_update": (
         "AFTER UPDATE ON runs",
         _sqlite_changed(RUN_FIELDS),
         [
-            _sqlite_log("runs", "NEW.crew_id"),
-            _sqlite_log("runs", "OLD.crew_id", " WHERE OLD.crew_id IS NOT NEW.crew_id"),
+            _sqlite_log("crew_document", "NEW.crew_id"),
+            _sqlite_log("crew_document", "OLD.crew_id", _MOVED),
         ],
     ),
     "crew7_runs_delete": (
         "AFTER DELETE ON runs",
         "",
-        [_sqlite_log("runs", "OLD.crew_id", _crew_exists("OLD.crew_id"))],
+        [_sqlite_log("crew_document", "OLD.crew_id", _crew_exists("OLD.crew_id"))],
     ),
 }
 
@@ -171,18 +189,22 @@ BEGIN
   IF TG_OP = 'INSERT' THEN
     {_pg_log("agent", "NEW.id")}
     {_pg_log("crew_agents", "NEW.crew_id")}
+    {_pg_log("crew_document", "NEW.crew_id")}
   ELSIF TG_OP = 'UPDATE' THEN
     IF {_pg_changed(AGENT_FIELDS, casts=("tools",))} THEN
       {_pg_log("agent", "NEW.id")}
       {_pg_log("crew_agents", "NEW.crew_id")}
       IF OLD.crew_id IS DISTINCT FROM NEW.crew_id THEN
         {_pg_log("crew_agents", "OLD.crew_id")}
+        {_pg_log("crew_document", "OLD.crew_id")}
+        {_pg_log("crew_document", "NEW.crew_id")}
       END IF;
     END IF;
   ELSE
     {_pg_log("agent", "OLD.id")}
     IF EXISTS (SELECT 1 FROM crews WHERE id = OLD.crew_id) THEN
       {_pg_log("crew_agents", "OLD.crew_id")}
+      {_pg_log("crew_document", "OLD.crew_id")}
     END IF;
   END IF;
   RETURN NULL;
@@ -190,16 +212,16 @@ END""",
     "crew7_log_run_change": f"""
 BEGIN
   IF TG_OP = 'INSERT' THEN
-    {_pg_log("runs", "NEW.crew_id")}
+    {_pg_log("crew_document", "NEW.crew_id")}
   ELSIF TG_OP = 'UPDATE' THEN
     IF {_pg_changed(RUN_FIELDS)} THEN
-      {_pg_log("runs", "NEW.crew_id")}
+      {_pg_log("crew_document", "NEW.crew_id")}
       IF OLD.crew_id IS DISTINCT FROM NEW.crew_id THEN
-        {_pg_log("runs", "OLD.crew_id")}
+        {_pg_log("crew_document", "OLD.crew_id")}
       END IF;
     END IF;
   ELSIF EXISTS (SELECT 1 FROM crews WHERE id = OLD.crew_id) THEN
-    {_pg_log("runs", "OLD.crew_id")}
+    {_pg_log("crew_document", "OLD.crew_id")}
   END IF;
   RETURN NULL;
 END""",

@@ -121,6 +121,10 @@ class CacheService(ReadThrough, Invalidation, Popularity):
     def lock_key(self, key):
         return f"{self._lock_head}{key}}}"
 
+    def watermark_key(self):
+        """The change log's watermark: the last entry id whose invalidations landed."""
+        return f"{self.prefix}changelog:applied"
+
     def warming_key(self, deployment):
         return f"{self.prefix}warming:{deployment}"
 
