@@ -1,0 +1,280 @@
+"""The cache change log: changes made with SQL outside the app, and invalidations a
+writer could not deliver, reach the cache within a relay poll; a lost watermark replays.
+
+Writes here go through a connection of their own (a separate engine on the test's
+database URL), never the app's session, so no session event sees them: only the
+database's triggers and the relay can invalidate.
+"""
+
+import threading
+
+import pytest
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.pool import NullPool
+
+from tests.support.app import make_user
+from tests.support.ci import missing
+from tests.support.helpers import attrs, body, seed_crew
+from tests.support.processes import wait_until
+from tests.support.servers import RedisServer, find_redis_server
+
+POLL_BOUND = 1.0  # seconds: four polls of 0.25 s
+
+
+@pytest.fixture
+def outside_sql(database_url):
+    """Run SQL as psql or sqlite3 would: its own connection, committed at once."""
+    engine = create_engine(database_url, poolclass=NullPool)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _foreign_keys(dbapi_connection, record):
+            dbapi_connection.execute("PRAGMA foreign_keys=ON")
+
+    def run(*statements, **params):
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.execute(text(statement), params)
+
+    yield run
+    engine.dispose()
+
+
+@pytest.fixture
+def relay(app):
+    """The relay thread a serving process runs (gunicorn starts it in post_worker_init)."""
+    from crew7.services.changelog import get_relay, start_relay
+
+    start_relay(app)
+    yield get_relay(app)
+    get_relay(app).stop()
+
+
+@pytest.fixture
+def crew_setup(client, alice, relay):
+    crew, agents = seed_crew(client, alice, agents=2, runs=[{"status": "succeeded"}])
+    cid = crew["id"]
+    relay.poll()  # caught up: no entry of the set-up is applied after the warming
+    warm(client, cid, agents)
+    return cid, agents
+
+
+def warm(client, cid, agents):
+    assert client.get(f"/metadata/crew/{cid}").status_code == 200
+    client.get(f"/metadata/crew/{cid}/agents")
+    for a in agents:
+        client.get(f"/metadata/agent/{a['id']}")
+    client.get("/stats/popular-crews")
+    client.get("/stats/leaderboard/runs")
+
+
+def within_poll(check, what):
+    return wait_until(check, POLL_BOUND, what, interval=0.02)
+
+
+def crew_name(client, cid):
+    r = client.get(f"/metadata/crew/{cid}")
+    return body(r)["name"] if r.status_code == 200 else r.status_code
+
+
+def test_rename_by_sql_reaches_crew_and_agents(client, crew_setup, outside_sql, redis_client):
+    cid, agents = crew_setup
+    assert redis_client.exists(f"metadata:crew:{cid}", f"metadata:agent:{agents[0]['id']}") == 2
+    outside_sql("UPDATE crews SET name = 'Renamed by SQL' WHERE id = :id", id=cid)
+    within_poll(lambda: crew_name(client, cid) == "Renamed by SQL", "crew renamed")
+    agent = body(client.get(f"/metadata/agent/{agents[0]['id']}"))
+    assert attrs(agent)["Crew"]["value"] == "Renamed by SQL"
+
+
+def listed(client, url, cid):
+    doc = body(client.get(url))
+    return any(c["id"] == cid for c in doc.get("crews", doc.get("entries", [])))
+
+
+def test_privacy_flip_by_sql_leaves_documents_and_rankings(client, crew_setup, outside_sql):
+    cid, agents = crew_setup
+    assert listed(client, "/stats/popular-crews", cid)
+    assert listed(client, "/stats/leaderboard/runs", cid)
+    outside_sql("UPDATE crews SET is_public = false WHERE id = :id", id=cid)
+
+    def gone():
+        return (
+            client.get(f"/metadata/crew/{cid}").status_code == 404
+            and client.get(f"/metadata/agent/{agents[0]['id']}").status_code == 404
+            and not listed(client, "/stats/popular-crews", cid)
+            and not listed(client, "/stats/leaderboard/runs", cid)
+        )
+
+    within_poll(gone, "private crew gone from documents and rankings")
+
+
+def test_run_inserted_by_sql_reaches_the_crew_document(client, crew_setup, outside_sql):
+    cid, _ = crew_setup
+    assert attrs(body(client.get(f"/metadata/crew/{cid}")))["Total Runs"]["value"] == 1
+    # Run aggregates are kept by the app's session events: SQL that adds a run adjusts
+    # crew_stats itself (or runs `flask recompute-stats`).
+    outside_sql(
+        "INSERT INTO runs (crew_id, status, tokens_used, created_at)"
+        " VALUES (:id, 'failed', 5, CURRENT_TIMESTAMP)",
+        "UPDATE crew_stats SET total_runs = total_runs + 1, failed_runs = failed_runs + 1,"
+        " tokens_sum = tokens_sum + 5 WHERE crew_id = :id",
+        id=cid,
+    )
+    within_poll(
+        lambda: attrs(body(client.get(f"/metadata/crew/{cid}")))["Total Runs"]["value"] == 2,
+        "run counted",
+    )
+
+
+def test_agent_then_crew_deleted_by_sql(client, crew_setup, outside_sql):
+    cid, agents = crew_setup
+    a0, a1 = agents
+    outside_sql("DELETE FROM agents WHERE id = :id", id=a0["id"])
+
+    def agent_gone():
+        doc = client.get(f"/metadata/crew/{cid}")
+        return (
+            client.get(f"/metadata/agent/{a0['id']}").status_code == 404
+            and len(body(client.get(f"/metadata/crew/{cid}/agents"))) == 1
+            and attrs(body(doc))["Agents"]["value"] == 1
+        )
+
+    within_poll(agent_gone, "agent deleted")
+    assert client.get(f"/metadata/agent/{a1['id']}").status_code == 200
+    outside_sql("DELETE FROM crews WHERE id = :id", id=cid)
+
+    def crew_gone():
+        return (
+            client.get(f"/metadata/crew/{cid}").status_code == 404
+            and client.get(f"/metadata/crew/{cid}/agents").status_code == 404
+            and client.get(f"/metadata/agent/{a1['id']}").status_code == 404
+            and not listed(client, "/stats/popular-crews", cid)
+        )
+
+    within_poll(crew_gone, "crew deleted")
+
+
+# -- an invalidation the writer could not deliver -----------------------------------
+
+
+@pytest.fixture
+def own_redis():
+    if find_redis_server() is None:
+        missing("redis-server")
+    server = RedisServer.start()
+    yield server
+    server.stop()
+
+
+def test_writer_lost_its_invalidation_while_redis_was_frozen(app_factory, own_redis):
+    """The writer's fast path fails (Redis frozen) and the writer dies before Redis answers
+    again (its retried set is gone); a reader process's relay delivers the change."""
+    from crew7.services.changelog import get_relay, start_relay
+
+    settings = {"REDIS_URL": own_redis.url, "BREAKER_THRESHOLD": 3, "BREAKER_COOLDOWN": 1.0}
+    writer = app_factory(**settings)
+    reader = app_factory(**settings)
+    wclient, rclient = writer.test_client(), reader.test_client()
+    user = make_user(writer, "dora")
+    crew, _ = seed_crew(wclient, user, agents=1)
+    cid = crew["id"]
+    assert crew_name(rclient, cid) == "Research Crew"
+    start_relay(reader)
+    try:
+        own_redis.freeze()
+        try:
+            r = wclient.patch(f"/crews/{cid}", json={"name": "After"}, headers=user["headers"])
+            assert r.status_code == 200
+            # The writer is killed before Redis answers again: what it kept to retry,
+            # and its own relay, are lost with it.
+            cache = writer.extensions["crew7.cache"]
+            writer.extensions["crew7.changelog"] = None
+            cache._flush_pending = lambda: True
+            timer = cache._retry_timer
+            if timer is not None:
+                timer.cancel()
+                timer.join(5)
+            with cache._pending_lock:
+                cache._pending.clear()
+        finally:
+            own_redis.resume()
+        within_poll(lambda: crew_name(rclient, cid) == "After", "the reader sees the write")
+    finally:
+        get_relay(reader).stop()
+
+
+# -- a lost watermark ------------------------------------------------------------------
+
+
+def test_watermark_lost_with_stale_documents_replays(app_factory, outside_sql, redis_client):
+    """A promoted replica that lagged: it has the documents from before a change and no
+    watermark. A new process's relay replays the retained entries and applies them."""
+    from crew7.services.changelog import get_relay
+
+    app = app_factory()
+    client = app.test_client()
+    user = make_user(app, "erin")
+    crew, agents = seed_crew(client, user, agents=1)
+    cid = crew["id"]
+    warm(client, cid, agents)
+    key = f"metadata:crew:{cid}"
+    stale = redis_client.dump(key)
+    outside_sql("UPDATE crews SET name = 'Changed' WHERE id = :id", id=cid)
+    relay = get_relay(app)
+    assert relay.poll() >= 1
+    assert crew_name(client, cid) == "Changed"
+    # The replica: the old document, no fence replaced, no watermark.
+    redis_client.delete("changelog:applied", f"fence:{{{key}}}")
+    redis_client.restore(key, 0, stale, replace=True)
+    assert crew_name(client, cid) == "Research Crew"
+    fresh = app_factory()  # a process started after the failover
+    applied = get_relay(fresh).poll()
+    assert applied >= 1 and get_relay(fresh).last_replay["entries"] == applied
+    assert crew_name(client, cid) == "Changed"
+    assert int(redis_client.get("changelog:applied")) >= get_relay(fresh).cursor
+
+
+def test_flushall_replays_every_recent_entry(app_factory, outside_sql, redis_client):
+    from crew7.services.changelog import get_relay
+
+    app = app_factory()
+    client = app.test_client()
+    user = make_user(app, "fred")
+    crew, _ = seed_crew(client, user, agents=1)
+    relay = get_relay(app)
+    relay.poll()
+    mark = int(redis_client.get("changelog:applied"))
+    redis_client.flushall()
+    applied = relay.poll()
+    assert applied == relay.last_replay["entries"] and applied >= mark  # the whole window
+    assert int(redis_client.get("changelog:applied")) == mark
+
+
+def test_concurrent_relays_never_lower_the_watermark(app_factory, outside_sql, redis_client):
+    from crew7.services.changelog import get_relay
+
+    apps = [app_factory() for _ in range(3)]
+    client = apps[0].test_client()
+    user = make_user(apps[0], "gail")
+    crew, _ = seed_crew(client, user, agents=0)
+    seen = []
+
+    def relay_loop(app):
+        for _ in range(20):
+            get_relay(app).poll()
+            seen.append(int(redis_client.get("changelog:applied") or 0))
+
+    threads = [threading.Thread(target=relay_loop, args=(a,)) for a in apps]
+    for t in threads:
+        t.start()
+    for n in range(20):
+        outside_sql("UPDATE crews SET description = :d WHERE id = :id", d=str(n), id=crew["id"])
+    for t in threads:
+        t.join(30)
+    get_relay(apps[0]).poll()
+    with apps[0].app_context():
+        from tests.support.app import db_scalar
+
+        top = db_scalar(apps[0], "SELECT max(id) FROM cache_changes")
+    assert int(redis_client.get("changelog:applied")) == top
+    assert get_relay(apps[0]).status()["lag_entries"] == 0
