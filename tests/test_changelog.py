@@ -278,3 +278,62 @@ def test_concurrent_relays_never_lower_the_watermark(app_factory, outside_sql, r
         top = db_scalar(apps[0], "SELECT max(id) FROM cache_changes")
     assert int(redis_client.get("changelog:applied")) == top
     assert get_relay(apps[0]).status()["lag_entries"] == 0
+
+
+# -- what operators see -----------------------------------------------------------------
+
+
+def metric(client, name):
+    for line in client.get("/metrics").get_data(as_text=True).splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not exposed")
+
+
+def test_metrics_and_cache_stats_show_size_and_lag(app, client, make_user, outside_sql):
+    from crew7.services.changelog import get_relay
+
+    admin = make_user("root", admin=True)
+    crew, _ = seed_crew(client, admin, agents=0)
+    get_relay(app).poll()
+    assert metric(client, "crew7_cache_changelog_lag_entries") == 0
+    # No relay runs in this process: the entries written by SQL wait.
+    outside_sql("UPDATE crews SET name = 'x' WHERE id = :id", id=crew["id"])
+    outside_sql("UPDATE crews SET name = 'y' WHERE id = :id", id=crew["id"])
+    assert metric(client, "crew7_cache_changelog_lag_entries") == 4  # crew + stats, twice
+    assert metric(client, "crew7_cache_changelog_oldest_unapplied_seconds") >= 0
+    size = metric(client, "crew7_cache_changelog_entries")
+    report = client.get("/cache/stats", headers=admin["headers"]).get_json()["changelog"]
+    assert report["size"] == size and report["lag_entries"] == 4
+    get_relay(app).poll()
+    assert metric(client, "crew7_cache_changelog_lag_entries") == 0
+    assert metric(client, "crew7_cache_changelog_applied_total") >= 4
+
+
+def test_cache_log_and_cache_replay_commands(app, client, alice, runner, redis_client):
+    import json
+
+    crew, agents = seed_crew(client, alice, agents=1)
+    log = json.loads(runner.invoke(args=["cache-log", "--last", "3"]).output)
+    assert log["size"] >= 4 and log["lag_entries"] == 0 and len(log["last_entries"]) == 3
+    assert log["last_entries"][0]["kind"] == "crew_document"
+    warm(client, crew["id"], agents)
+    assert redis_client.exists(f"metadata:crew:{crew['id']}")
+    r = runner.invoke(args=["cache-replay"])
+    assert r.exit_code == 0 and f"applied {log['size']} change-log entries" in r.output
+    assert not redis_client.exists(f"metadata:crew:{crew['id']}")
+
+
+def test_pruning_keeps_the_retention_and_ids_are_not_reused(app, client, alice, outside_sql):
+    from crew7.services.changelog import get_relay
+    from tests.support.app import db_scalar
+
+    crew, _ = seed_crew(client, alice, agents=1)
+    top = db_scalar(app, "SELECT max(id) FROM cache_changes")
+    relay = get_relay(app)
+    assert relay.prune() == 0
+    outside_sql("UPDATE cache_changes SET created_at = '2000-01-01 00:00:00'")
+    assert relay.prune(limit=2) == 2
+    assert relay.prune() == top - 2
+    client.patch(f"/crews/{crew['id']}", json={"name": "n"}, headers=alice["headers"])
+    assert db_scalar(app, "SELECT min(id) FROM cache_changes") == top + 1

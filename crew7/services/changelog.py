@@ -32,6 +32,7 @@ from datetime import timedelta
 from sqlalchemy import delete, func, select
 
 from crew7.models import Agent, CacheChange, utcnow
+from crew7.services import metrics
 from crew7.services.cache import AGENT, CREW, CREW_AGENTS, CacheUnavailable, get_cache_service
 
 log = logging.getLogger(__name__)
@@ -180,8 +181,10 @@ class ChangeRelay:
             return 0
         self.cursor, self.gaps = new_cursor, gaps
         self.applied += len(entries)
+        metrics.changelog_applied.inc(len(entries))
         if replay:
             self.replays += 1
+            metrics.changelog_replays.inc()
             self.last_replay = {"from_id": cursor + 1, "entries": len(entries)}
             log.warning(
                 "cache change log: no watermark in Redis; replayed %d entries from id %d",
@@ -243,6 +246,7 @@ class ChangeRelay:
             raise CacheUnavailable("Redis did not take the invalidations")
         self.cursor = rows[-1].id
         self.applied += len(rows)
+        metrics.changelog_applied.inc(len(rows))
         return len(rows)
 
     # -- pruning --------------------------------------------------------------

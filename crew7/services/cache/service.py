@@ -20,6 +20,7 @@ from crew7.services.cache.documents import (
     LEADERBOARD_TYPES,
     STATS,
     VIEWS_KEY,
+    WATERMARK_KEY,
 )
 from crew7.services.cache.invalidation import Invalidation
 from crew7.services.cache.popularity import Popularity, ViewBuffer
@@ -123,7 +124,7 @@ class CacheService(ReadThrough, Invalidation, Popularity):
 
     def watermark_key(self):
         """The change log's watermark: the last entry id whose invalidations landed."""
-        return f"{self.prefix}changelog:applied"
+        return self.prefix + WATERMARK_KEY
 
     def warming_key(self, deployment):
         return f"{self.prefix}warming:{deployment}"
