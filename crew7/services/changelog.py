@@ -291,7 +291,9 @@ class ChangeRelay:
         with self.app.app_context():
             while not self._stop.is_set():
                 try:
-                    self.poll()
+                    # A full batch means more is waiting: read on without sleeping.
+                    while self.poll() >= BATCH and not self._stop.is_set():
+                        pass
                     if time.monotonic() - self._last_prune >= PRUNE_EVERY:
                         self._last_prune = time.monotonic()
                         self.prune()
