@@ -111,13 +111,10 @@ def test_privacy_flip_by_sql_leaves_documents_and_rankings(client, crew_setup, o
 def test_run_inserted_by_sql_reaches_the_crew_document(client, crew_setup, outside_sql):
     cid, _ = crew_setup
     assert attrs(body(client.get(f"/metadata/crew/{cid}")))["Total Runs"]["value"] == 1
-    # Run aggregates are kept by the app's session events: SQL that adds a run adjusts
-    # crew_stats itself (or runs `flask recompute-stats`).
+    # The aggregates' triggers count it in crew_stats; the change log delivers the document.
     outside_sql(
         "INSERT INTO runs (crew_id, status, tokens_used, created_at)"
         " VALUES (:id, 'failed', 5, CURRENT_TIMESTAMP)",
-        "UPDATE crew_stats SET total_runs = total_runs + 1, failed_runs = failed_runs + 1,"
-        " tokens_sum = tokens_sum + 5 WHERE crew_id = :id",
         id=cid,
     )
     within_poll(
@@ -337,3 +334,54 @@ def test_pruning_keeps_the_retention_and_ids_are_not_reused(app, client, alice, 
     assert relay.prune() == top - 2
     client.patch(f"/crews/{crew['id']}", json={"name": "n"}, headers=alice["headers"])
     assert db_scalar(app, "SELECT min(id) FROM cache_changes") == top + 1
+
+
+# -- run aggregates kept by the database ---------------------------------------------
+
+
+def test_runs_written_by_sql_keep_crew_stats_exact(app, client, alice, outside_sql):
+    """Inserted, changed, moved and deleted by SQL, in bulk: crew_stats stays what the
+    runs add up to (recompute-stats's own computation)."""
+    from crew7.extensions import db
+    from crew7.models import CrewStats
+    from crew7.services.aggregates import aggregate_from_runs
+
+    one, _ = seed_crew(client, alice, agents=0, runs=[{"status": "running"}])
+    two, _ = seed_crew(client, alice, agents=0)
+    outside_sql(
+        "INSERT INTO crews (owner_id, name, description, is_public, process, created_at,"
+        " updated_at) VALUES (:o, 'by SQL', '', true, 'sequential', CURRENT_TIMESTAMP,"
+        " CURRENT_TIMESTAMP)",
+        o=alice["id"],
+    )
+    for n in range(6):
+        outside_sql(
+            "INSERT INTO runs (crew_id, status, duration, tokens_used, created_at, started_at)"
+            " VALUES (:c, :s, :d, :t, CURRENT_TIMESTAMP, :at)",
+            c=one["id"] if n % 2 else two["id"],
+            s=("queued", "succeeded", "failed")[n % 3],
+            d=None if n % 3 == 0 else float(n),
+            t=10 * n,
+            at=f"2026-01-0{n + 1} 00:00:00",
+        )
+    outside_sql("UPDATE runs SET status = 'succeeded', duration = 2.5 WHERE status = 'queued'")
+    outside_sql(
+        "UPDATE runs SET crew_id = :b WHERE id = (SELECT min(id) FROM runs WHERE crew_id = :a)",
+        a=one["id"],
+        b=two["id"],
+    )
+    outside_sql(
+        "DELETE FROM runs WHERE id = (SELECT max(id) FROM runs WHERE crew_id = :a)",
+        a=two["id"],
+    )
+    with app.app_context():
+        expected = aggregate_from_runs(db.session.connection())
+        rows = {s.crew_id: s for s in db.session.scalars(db.select(CrewStats))}
+        assert len(rows) == 3  # the crew inserted by SQL has its row
+        for crew_id, row in rows.items():
+            want = expected.get(crew_id, {"total_runs": 0, "last_run_at": None})
+            for column, value in want.items():
+                got = getattr(row, column)
+                if column == "last_run_at":  # SQLite's max() answers text
+                    got, value = (None if v is None else str(v)[:19] for v in (got, value))
+                assert got == value, (crew_id, column, got, value)
