@@ -385,3 +385,35 @@ def test_runs_written_by_sql_keep_crew_stats_exact(app, client, alice, outside_s
                 if column == "last_run_at":  # SQLite's max() answers text
                     got, value = (None if v is None else str(v)[:19] for v in (got, value))
                 assert got == value, (crew_id, column, got, value)
+
+
+def test_an_entry_committed_after_a_newer_one_is_not_skipped(
+    app, client, alice, database_url, db_kind, outside_sql, redis_client
+):
+    """PostgreSQL takes ids at insert: a transaction holding an older id commits after a
+    newer one was relayed. The watermark waits below the gap, then the entry lands."""
+    from crew7.services.changelog import get_relay
+
+    if db_kind != "postgresql":
+        pytest.skip("SQLite commits its writers one at a time, in id order")
+    a, _ = seed_crew(client, alice, agents=0, name="A")
+    b, _ = seed_crew(client, alice, agents=0, name="B")
+    relay = get_relay(app)
+    relay.poll()
+    assert crew_name(client, a["id"]) == "A" and crew_name(client, b["id"]) == "B"
+    engine = create_engine(database_url, poolclass=NullPool)
+    try:
+        with engine.connect() as slow:
+            with slow.begin():
+                slow.execute(text("UPDATE crews SET name = 'A2' WHERE id = :id"), {"id": a["id"]})
+                outside_sql("UPDATE crews SET name = 'B2' WHERE id = :id", id=b["id"])
+                assert relay.poll() == 2  # B's crew and stats entries
+                assert crew_name(client, b["id"]) == "B2"
+                assert crew_name(client, a["id"]) == "A"  # refilled, from before A's commit
+            applied = relay.poll()
+    finally:
+        engine.dispose()
+    assert crew_name(client, a["id"]) == "A2"
+    assert applied == 2 and not relay.gaps
+    top = int(redis_client.get("changelog:applied"))
+    assert relay.status()["lag_entries"] == 0 and top == relay.cursor
