@@ -100,9 +100,10 @@ def post_worker_init(worker):
         from crew7.services.changelog import start_relay
         from crew7.services.warming import start_warming
 
-        start_warming(app)
-        # Every serving process relays the cache change log (crew7.services.changelog).
+        # Every serving process relays the cache change log (crew7.services.changelog);
+        # its first poll (a replay, when Redis lost the watermark) lands before warming.
         start_relay(app)
+        start_warming(app)
 
 
 def child_exit(server, worker):

@@ -417,3 +417,20 @@ def test_an_entry_committed_after_a_newer_one_is_not_skipped(
     assert applied == 2 and not relay.gaps
     top = int(redis_client.get("changelog:applied"))
     assert relay.status()["lag_entries"] == 0 and top == relay.cursor
+
+
+def test_one_process_replays_while_the_others_wait(app_factory, redis_client):
+    """Workers starting on an empty Redis replay once: a second replay landing after the
+    first one's warming would only refuse its fills."""
+    from crew7.services.changelog import get_relay
+
+    app = app_factory()
+    seed_crew(app.test_client(), make_user(app, "hana"), agents=1)
+    redis_client.flushall()
+    redis_client.set("changelog:replaying", "another process", ex=10)
+    relay = get_relay(app)
+    assert relay.poll() == 0 and redis_client.get("changelog:applied") is None
+    assert relay.start_up(wait=0.2) is False  # waited for the other, then gave up
+    redis_client.delete("changelog:replaying")
+    assert relay.start_up() is True and relay.last_replay["entries"] >= 4
+    assert not redis_client.exists("changelog:replaying")

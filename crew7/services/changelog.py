@@ -25,6 +25,7 @@ Runs in every serving process (a daemon thread started by gunicorn's
 """
 
 import logging
+import os
 import threading
 import time
 from datetime import timedelta
@@ -41,6 +42,7 @@ BATCH = 1000
 PRUNE_BATCH = 5000
 PRUNE_EVERY = 10.0  # seconds between pruning passes of one process
 MAX_GAPS = 10000
+REPLAY_CLAIM_TTL = 10  # seconds: a replaying process that dies holds the others back so long
 
 # kind -> the document families it invalidates for ref_id (see crew7.changelog_triggers)
 EXPANSION = {
@@ -132,6 +134,23 @@ class ChangeRelay:
             mark = cache.changelog_watermark()
         except CacheUnavailable:
             return 0
+        replay = mark is None
+        if replay:
+            try:
+                claimed = cache.claim(cache.replay_key(), os.getpid(), REPLAY_CLAIM_TTL)
+            except CacheUnavailable:
+                return 0
+            if not claimed:
+                # Another process replays: applying the same entries after it (and after
+                # a warming that followed it) would only refuse fresh fills.
+                return 0
+        try:
+            return self._poll_from(cache, mark)
+        finally:
+            if replay:
+                cache.release(cache.replay_key())
+
+    def _poll_from(self, cache, mark):
         replay = mark is None
         with self._engine().connect() as conn:
             if replay:
@@ -270,6 +289,26 @@ class ChangeRelay:
         else:
             self.poll(blocking=False)
 
+    def start_up(self, wait=REPLAY_CLAIM_TTL):
+        """A serving process's first poll, before it serves or warms: applies what is new
+        (replays a lost watermark), or waits, up to ``wait`` seconds, for the process
+        that replays. Returns True once the watermark is in Redis."""
+        cache = get_cache_service(self.app)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                self.poll()
+                if cache.changelog_watermark() is not None:
+                    return True
+            except CacheUnavailable:
+                return False
+            except Exception:
+                log.exception("cache change log relay: start-up poll failed")
+                return False
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
     def start(self):
         """Poll every ``CACHE_CHANGELOG_INTERVAL`` seconds in a daemon thread (the first
         poll at once); returns the thread."""
@@ -368,10 +407,14 @@ def init_app(app):
     app.extensions["crew7.changelog"] = ChangeRelay(app)
 
 
-def start_relay(app):
+def start_relay(app, first_poll=True):
     """Relay the change log in this serving process (gunicorn's ``post_worker_init``
-    calls this, next to ``start_warming``); returns the thread, or None when
-    ``CACHE_CHANGELOG_INTERVAL`` is 0."""
+    calls this before ``start_warming``): one poll now, so that what a lost watermark
+    replays lands before this process serves or warms anything, then a thread. Returns
+    the thread, or None when ``CACHE_CHANGELOG_INTERVAL`` is 0."""
     if not app.config["CACHE_CHANGELOG_INTERVAL"]:
         return None
-    return get_relay(app).start()
+    relay = get_relay(app)
+    if first_poll:
+        relay.start_up()
+    return relay.start()

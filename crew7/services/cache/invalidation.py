@@ -107,6 +107,13 @@ class Invalidation:
         except CacheUnavailable:
             return False
 
+    def release(self, key):
+        """Delete a claim (``claim``) this process holds; failures are left to its TTL."""
+        try:
+            self._call(self.client.delete, key)
+        except CacheUnavailable:
+            pass
+
     @property
     def pending_invalidations(self):
         return len(self._pending)

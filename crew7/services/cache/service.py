@@ -18,6 +18,7 @@ from crew7.services.cache.documents import (
     DOCUMENT_TYPES,
     FAMILIES,
     LEADERBOARD_TYPES,
+    REPLAY_KEY,
     STATS,
     VIEWS_KEY,
     WATERMARK_KEY,
@@ -125,6 +126,10 @@ class CacheService(ReadThrough, Invalidation, Popularity):
     def watermark_key(self):
         """The change log's watermark: the last entry id whose invalidations landed."""
         return self.prefix + WATERMARK_KEY
+
+    def replay_key(self):
+        """Held by the one process replaying the change log after a lost watermark."""
+        return self.prefix + REPLAY_KEY
 
     def warming_key(self, deployment):
         return f"{self.prefix}warming:{deployment}"
