@@ -42,6 +42,7 @@ BATCH = 1000
 PRUNE_BATCH = 5000
 PRUNE_EVERY = 10.0  # seconds between pruning passes of one process
 MAX_GAPS = 10000
+BACKLOG_WAIT = 60  # seconds a start-up may spend applying a backlog before serving
 REPLAY_CLAIM_TTL = 10  # seconds: a replaying process that dies holds the others back so long
 
 # kind -> the document families it invalidates for ref_id (see crew7.changelog_triggers)
@@ -290,14 +291,18 @@ class ChangeRelay:
             self.poll(blocking=False)
 
     def start_up(self, wait=REPLAY_CLAIM_TTL):
-        """A serving process's first poll, before it serves or warms: applies what is new
-        (replays a lost watermark), or waits, up to ``wait`` seconds, for the process
-        that replays. Returns True once the watermark is in Redis."""
+        """A serving process's first polls, before it serves or warms: applies what is new
+        (replays a lost watermark) to the end of the backlog, or waits, up to ``wait``
+        seconds, for the process that replays. Returns True once the watermark is in
+        Redis."""
         cache = get_cache_service(self.app)
         deadline = time.monotonic() + wait
         while True:
             try:
-                self.poll()
+                # The whole backlog: a batch applied after serving began would replace
+                # fences under fills in flight (refused, computed again).
+                while self.poll() >= BATCH and time.monotonic() < deadline + BACKLOG_WAIT:
+                    pass
                 if cache.changelog_watermark() is not None:
                     return True
             except CacheUnavailable:
