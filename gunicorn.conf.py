@@ -97,8 +97,12 @@ def post_worker_init(worker):
     # claim it does (crew7.services.warming); the `flask` commands never do.
     app = worker.wsgi
     if "crew7.cache" in getattr(app, "extensions", {}):  # crew7's app, not another WSGI app
+        from crew7.services.changelog import start_relay
         from crew7.services.warming import start_warming
 
+        # Every serving process relays the cache change log (crew7.services.changelog);
+        # its first poll (a replay, when Redis lost the watermark) lands before warming.
+        start_relay(app)
         start_warming(app)
 
 

@@ -222,17 +222,19 @@ def register_blueprints(app):
 
 
 def register_hooks(app):
-    """Session events (run aggregates, then cache invalidation) and engine setup."""
+    """Session events (run aggregates, then cache invalidation), the change log's relay
+    and engine setup."""
     from flask_sqlalchemy.session import Session
 
     from crew7 import invalidation
     from crew7.database import configure_engines
     from crew7.extensions import db
-    from crew7.services import aggregates
+    from crew7.services import aggregates, changelog
 
     configure_engines(app, db)
     aggregates.register(Session)
     invalidation.register(Session)
+    changelog.init_app(app)
 
 
 def register_commands(app):

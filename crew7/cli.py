@@ -123,6 +123,31 @@ def cache_stats_command():
     click.echo(json.dumps(cache_report(), indent=2, default=str))
 
 
+@click.command("cache-log")
+@with_appcontext
+@click.option("--last", default=10, show_default=True, help="How many recent entries to show.")
+def cache_log_command(last):
+    """The cache change log: size, watermark, the relay's lag and the last entries."""
+    from crew7.services.changelog import get_relay
+
+    click.echo(json.dumps(get_relay(current_app).status(last=last), indent=2, default=str))
+
+
+@click.command("cache-replay")
+@with_appcontext
+def cache_replay_command():
+    """Apply the invalidations of every retained change-log entry (after restoring a Redis
+    from a backup, say)."""
+    from crew7.services.cache import CacheUnavailable
+    from crew7.services.changelog import get_relay
+
+    try:
+        count = get_relay(current_app).replay_all()
+    except CacheUnavailable as exc:
+        raise click.ClickException(f"Redis unavailable, nothing applied past it: {exc}") from exc
+    click.echo(f"applied {count} change-log entries")
+
+
 def get_cache():
     from crew7.services.cache import get_cache_service
 
@@ -137,5 +162,7 @@ def register_cli(app):
         warm_cache_command,
         cache_clear_command,
         cache_stats_command,
+        cache_log_command,
+        cache_replay_command,
     ):
         app.cli.add_command(command)

@@ -75,6 +75,16 @@ class DefaultConfig:
     # Processes sharing it warm once; default: the workers of one gunicorn master.
     DEPLOYMENT_ID = ""
 
+    # The cache change log (cache_changes, written by database triggers) and its relay:
+    # seconds between polls in each serving process (0: no relay thread); how long
+    # entries are kept; how far back a lost watermark replays beyond the longest TTL;
+    # how long an id missing below newer entries (a transaction still open, or rolled
+    # back) holds the watermark back.
+    CACHE_CHANGELOG_INTERVAL = 0.25
+    CACHE_CHANGELOG_RETENTION = 3600
+    CACHE_CHANGELOG_REPLAY_MARGIN = 60
+    CACHE_CHANGELOG_GAP_WAIT = 30.0
+
     # API
     PAGE_SIZE_DEFAULT = 20
     PAGE_SIZE_MAX = 100
@@ -102,6 +112,8 @@ _INT_SETTINGS = {
     "PROXY_HOPS": 1,
     "HIT_RATE_WINDOW": 1,
     "HIT_RATE_MIN_LOOKUPS": 1,
+    "CACHE_CHANGELOG_RETENTION": 1,
+    "CACHE_CHANGELOG_REPLAY_MARGIN": 0,
 }
 _FLOAT_SETTINGS = {
     "CACHE_LOCK_LEASE": 0.05,
@@ -113,6 +125,8 @@ _FLOAT_SETTINGS = {
     "REDIS_SOCKET_TIMEOUT": 0.001,
     "REDIS_CONNECT_TIMEOUT": 0.001,
     "BREAKER_COOLDOWN": 0.0,
+    "CACHE_CHANGELOG_INTERVAL": 0.0,
+    "CACHE_CHANGELOG_GAP_WAIT": 0.0,
 }
 _BOOL_SETTINGS = (
     "METADATA_CACHE_ENABLED",
@@ -191,6 +205,12 @@ def validate_config(config):
         raise ConfigError(
             "invalid setting CACHE_WAIT_MAX: must exceed CACHE_LOCK_LEASE, so that waiters "
             "outlive the lease of a holder that died"
+        )
+    longest_ttl = max(config["METADATA_TTL"], config["POPULAR_CREWS_TTL"], config["STATS_TTL"])
+    if config["CACHE_CHANGELOG_RETENTION"] < longest_ttl + config["CACHE_CHANGELOG_REPLAY_MARGIN"]:
+        raise ConfigError(
+            "invalid setting CACHE_CHANGELOG_RETENTION: shorter than the longest document TTL "
+            "plus CACHE_CHANGELOG_REPLAY_MARGIN, so a lost watermark could not be replayed"
         )
     if config["PAGE_SIZE_DEFAULT"] > config["PAGE_SIZE_MAX"]:
         raise ConfigError("invalid setting PAGE_SIZE_DEFAULT: larger than PAGE_SIZE_MAX")

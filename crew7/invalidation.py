@@ -8,6 +8,9 @@ changed row's own, its crew's, or each agent of the changed crew). After the com
 affected documents are invalidated; a rollback forgets them.
 
 A new cached document type adds one rule here (and its entry in the cache's registry).
+The database's triggers (``crew7.changelog_triggers``) record the same rules in the
+change log, which ``crew7.services.changelog`` relays: that covers changes made without
+a session (SQL, bulk operations) and invalidations this process could not deliver.
 """
 
 from dataclasses import dataclass
@@ -166,6 +169,11 @@ def after_commit(session):
         cache.invalidate_keys(keys)
     if deleted_crews:
         cache.forget_views(deleted_crews)
+    # The fast path above lives in this process only; the change log the database wrote
+    # in the same transaction is what survives a Redis that did not answer.
+    relay = current_app.extensions.get("crew7.changelog")
+    if relay is not None:
+        relay.wake()
 
 
 def _after_soft_rollback(session, previous_transaction):

@@ -1,8 +1,8 @@
 """Domain models: users own crews; a crew has agents and a run history.
 
 ``CrewStats`` keeps each crew's run aggregates up to date as runs are recorded and
-finished (see ``crew7.services.aggregates``), so building a crew's document reads a constant number
-of rows however long its history is.
+finished (database triggers: ``crew7.aggregate_triggers``), so building a crew's
+document reads a constant number of rows however long its history is.
 """
 
 import hashlib
@@ -20,6 +20,8 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    event,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -122,20 +124,19 @@ class Run(db.Model):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     crew_id: Mapped[int] = mapped_column(ForeignKey("crews.id", ondelete="CASCADE"))
-    # active_history: a change must know the old value (loaded if expired) so the
-    # crew's aggregates can be adjusted by the difference.
-    status: Mapped[str] = mapped_column(String(16), default="queued", active_history=True)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime, active_history=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
-    duration: Mapped[float | None] = mapped_column(Float, active_history=True)  # seconds
-    tokens_used: Mapped[int] = mapped_column(Integer, default=0, active_history=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, active_history=True)
+    duration: Mapped[float | None] = mapped_column(Float)  # seconds
+    tokens_used: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     crew: Mapped[Crew] = relationship()
 
 
 class CrewStats(db.Model):
-    """Run aggregates of one crew, maintained in the transaction that changes its runs."""
+    """Run aggregates of one crew, maintained by triggers in the transaction that changes
+    its runs (``crew7.aggregate_triggers``); the row is created with the crew."""
 
     __tablename__ = "crew_stats"
 
@@ -170,3 +171,32 @@ class CrewStats(db.Model):
         if not self.duration_count:
             return None
         return round(self.duration_sum / self.duration_count, 2)
+
+
+class CacheChange(db.Model):
+    """One entry of the cache change log: a committed change affected the documents that
+    ``kind`` and ``ref_id`` name. Written only by the database's triggers
+    (``crew7.changelog_triggers``), read and pruned by the relay
+    (``crew7.services.changelog``)."""
+
+    __tablename__ = "cache_changes"
+    # Ids are the relay's watermark: never reused, even after every row was pruned.
+    __table_args__ = (Index("ix_cache_changes_created_at", "created_at"), _NO_ID_REUSE)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    kind: Mapped[str] = mapped_column(Text)
+    ref_id: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime, server_default=text("CURRENT_TIMESTAMP"))
+
+
+@event.listens_for(db.metadata, "after_create")
+def _install_change_log_triggers(target, connection, **kw):
+    # create_all (tests, `flask init-db`) gets the triggers migrations 0003 and 0004 create.
+    from crew7 import aggregate_triggers, changelog_triggers
+
+    if {"crews", "agents", "runs", "cache_changes"} <= set(target.tables):
+        changelog_triggers.install(connection)
+    if {"crews", "runs", "crew_stats"} <= set(target.tables):
+        aggregate_triggers.install(connection)

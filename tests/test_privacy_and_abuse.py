@@ -60,8 +60,12 @@ def test_sqlite_migration_keeps_every_row_and_stops_id_reuse(tmp_path, redis_ser
         t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
         for t in ("users", "crews", "agents", "runs", "crew_stats")
     }
-    # Rebuilding the tables cascaded nothing.
-    assert counts == {"users": 2, "crews": 2, "agents": 1, "runs": 1, "crew_stats": 1}
+    # Rebuilding the tables cascaded nothing; 0004 rebuilt crew_stats from the runs, a
+    # row for every crew (crew 1 had none).
+    assert counts == {"users": 2, "crews": 2, "agents": 1, "runs": 1, "crew_stats": 2}
+    assert con.execute(
+        "SELECT total_runs, tokens_sum FROM crew_stats WHERE crew_id = 2"
+    ).fetchone() == (1, 3)
     assert con.execute("PRAGMA foreign_key_check").fetchall() == []
     indexes = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert {"ix_crews_public_id", "ix_agents_crew_id", "ix_runs_crew_status"} <= indexes

@@ -181,8 +181,11 @@ def test_dead_holder_under_gunicorn(seeded, database_url, redis_server, redis_cl
     slowest = max(t for _, t in results) - killed_at
     # The lease (1 s) runs out, one successor computes (1.5 s injected delay), all get it.
     assert slowest < 1.0 + 1.5 + 3.0, slowest
-    # The dead holder's computation and exactly one successor's.
-    assert computations(log)[f"metadata:crew:{cid}"] == 2, log[-3000:]
+    # After the kill: one successor, and one waiter more when the successor's lease (1 s)
+    # runs out inside its injected 1.5 s delay. The dead holder's own trace line reaches
+    # the log or not depending on when SIGKILL lands, so it is not counted.
+    after_kill = Counter(re.findall(rf"cache compute key=(\S+) pid=(?!{pid}\b)\d+", log))
+    assert after_kill[f"metadata:crew:{cid}"] == 2, log[-3000:]
     print(f"\nDEAD HOLDER successor answered all 10 waiters within {slowest:.2f} s of the kill")
 
 

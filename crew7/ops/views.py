@@ -3,10 +3,12 @@
 import time
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
+from sqlalchemy.exc import SQLAlchemyError
 
 from crew7.auth import admin_required
 from crew7.services import metrics
 from crew7.services.cache import get_cache_service
+from crew7.services.changelog import get_relay
 
 bp = Blueprint("ops", __name__)
 
@@ -14,6 +16,7 @@ bp = Blueprint("ops", __name__)
 @bp.get("/metrics")
 def prometheus_metrics():
     """Prometheus text format, every gunicorn worker included."""
+    metrics.set_changelog(changelog_status())
     body, content_type = metrics.exposition()
     return Response(body, content_type=content_type)
 
@@ -47,6 +50,7 @@ def cache_report():
         "memory_used": info["memory_used"],
         "redis_available": info["available"],
         "pending_invalidations": info["pending_invalidations"],
+        "changelog": changelog_status(),
         "window": {
             "seconds": window_seconds,
             "hit_rate": None if rate is None else round(rate, 4),
@@ -54,6 +58,17 @@ def cache_report():
             "scope": "this process",
         },
     }
+
+
+def changelog_status():
+    """The change log's size and the relay's lag; what could not be read is None."""
+    try:
+        status = get_relay(current_app).status()
+    except SQLAlchemyError as exc:
+        current_app.logger.warning("change log status unavailable: %s", exc)
+        return {"size": None, "lag_entries": None, "oldest_unapplied_age": None}
+    status.pop("last_entries")
+    return status
 
 
 def _start_timer():

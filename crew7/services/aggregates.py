@@ -1,14 +1,14 @@
-"""Per-crew run aggregates (``crew_stats``), kept current as runs change.
+"""Per-crew run aggregates (``crew_stats``): rebuilt from the runs here, kept current by
+the database.
 
-Every change to a run is applied to its crew's ``crew_stats`` row as a relative
-``UPDATE ... SET x = x + :d`` in the flush that writes the run, so it commits or rolls
-back with it and concurrent writers never lose an increment (the row lock serialises
-them on PostgreSQL; SQLite serialises whole write transactions).
+Every change to a run, whoever makes it (the app, SQL, a bulk insert), is applied to its
+crew's row by triggers (``crew7.aggregate_triggers``) as a relative update in the
+writing transaction. This module computes the same aggregates from the runs table
+(``flask recompute-stats``, seeding, checks) and expires the rows a session holds when
+its flush changed runs under them.
 """
 
-from collections import defaultdict
-
-from sqlalchemy import case, delete, event, func, insert, inspect, select, update
+from sqlalchemy import case, delete, event, func, insert, select
 
 from crew7.extensions import db
 from crew7.models import Crew, CrewStats, Run
@@ -23,85 +23,6 @@ _COUNTERS = (
     "duration_count",
     "tokens_sum",
 )
-_TRACKED = ("status", "duration", "tokens_used", "started_at", "created_at")
-
-
-def _contribution(status, duration, tokens):
-    c = dict.fromkeys(_COUNTERS, 0)
-    c["total_runs"] = 1
-    c[f"{status}_runs"] = 1
-    if duration is not None:
-        c["duration_sum"] = float(duration)
-        c["duration_count"] = 1
-    c["tokens_sum"] = int(tokens or 0)
-    return c
-
-
-def _old_value(state, name):
-    hist = state.attrs[name].load_history()
-    if hist.deleted:
-        return hist.deleted[0]
-    if hist.unchanged:
-        return hist.unchanged[0]
-    return None
-
-
-class StatsDelta:
-    """Aggregate changes collected during one flush."""
-
-    def __init__(self):
-        self.deltas = defaultdict(lambda: dict.fromkeys(_COUNTERS, 0))
-        self.last_run = {}
-        self.recompute = set()
-
-    def add(self, crew_id, contribution, sign=1):
-        d = self.deltas[crew_id]
-        for k, v in contribution.items():
-            d[k] += sign * v
-
-    def run_added(self, run):
-        self.add(run.crew_id, _contribution(run.status or "queued", run.duration, run.tokens_used))
-        self.touch(run.crew_id, run.started_at or run.created_at)
-
-    def run_changed(self, run):
-        state = inspect(run)
-        if not any(state.attrs[n].history.has_changes() for n in _TRACKED):
-            return
-        old = _contribution(
-            _old_value(state, "status"),
-            _old_value(state, "duration"),
-            _old_value(state, "tokens_used"),
-        )
-        self.add(run.crew_id, old, -1)
-        self.add(run.crew_id, _contribution(run.status, run.duration, run.tokens_used))
-        self.touch(run.crew_id, run.started_at or run.created_at)
-
-    def run_deleted(self, run):
-        # A deleted run may have been the last one: rebuild that crew's row.
-        self.recompute.add(run.crew_id)
-
-    def touch(self, crew_id, when):
-        if when is not None and (
-            self.last_run.get(crew_id) is None or when > self.last_run[crew_id]
-        ):
-            self.last_run[crew_id] = when
-
-    def apply(self, connection):
-        for crew_id, d in self.deltas.items():
-            values = {k: getattr(CrewStats, k) + v for k, v in d.items() if v}
-            when = self.last_run.get(crew_id)
-            if when is not None:
-                values["last_run_at"] = case(
-                    (CrewStats.last_run_at.is_(None), when),
-                    (CrewStats.last_run_at < when, when),
-                    else_=CrewStats.last_run_at,
-                )
-            if values:
-                connection.execute(
-                    update(CrewStats).where(CrewStats.crew_id == crew_id).values(**values)
-                )
-        if self.recompute:
-            recompute_crew_stats(connection, sorted(self.recompute))
 
 
 def _aggregate_query(crew_ids=None):
@@ -162,34 +83,22 @@ def recompute_all_stats():
 # -- session events ---------------------------------------------------------------
 
 
-def before_flush(session, flush_context, instances):
-    for obj in session.new:
-        if isinstance(obj, Crew) and obj.stats is None:
-            obj.stats = CrewStats()
-
-
 def after_flush(session, flush_context):
-    delta = StatsDelta()
-    for obj in session.new:
-        if isinstance(obj, Run):
-            delta.run_added(obj)
-    for obj in session.dirty:
-        if isinstance(obj, Run):
-            delta.run_changed(obj)
-    for obj in session.deleted:
-        if isinstance(obj, Run):
-            delta.run_deleted(obj)
-    if not (delta.deltas or delta.recompute):
+    """The triggers changed crew_stats rows under the session: expire the loaded ones."""
+    crews = {
+        obj.crew_id
+        for group in (session.new, session.dirty, session.deleted)
+        for obj in group
+        if isinstance(obj, Run)
+    }
+    if not crews:
         return
-    delta.apply(session.connection())
-    touched = set(delta.deltas) | delta.recompute
     for obj in list(session.identity_map.values()):
-        if isinstance(obj, CrewStats) and obj.crew_id in touched:
+        if isinstance(obj, CrewStats) and obj.crew_id in crews:
             session.expire(obj)
 
 
 def register(session_class):
     """Listen on the session class; listening twice is a no-op."""
-    for name, fn in (("before_flush", before_flush), ("after_flush", after_flush)):
-        if not event.contains(session_class, name, fn):
-            event.listen(session_class, name, fn)
+    if not event.contains(session_class, "after_flush", after_flush):
+        event.listen(session_class, "after_flush", after_flush)

@@ -43,6 +43,30 @@ breaker_open = Gauge(
     "1 while this process skips Redis (circuit breaker open)",
     multiprocess_mode="max",
 )
+# The cache change log: set at scrape time from the database and Redis (the same value
+# in every process, so the most recent one is shown), and what the relays applied.
+changelog_entries = Gauge(
+    "crew7_cache_changelog_entries",
+    "Entries retained in the cache change log (cache_changes)",
+    multiprocess_mode="mostrecent",
+)
+changelog_lag = Gauge(
+    "crew7_cache_changelog_lag_entries",
+    "Change-log entries after the watermark: written, invalidations not yet applied",
+    multiprocess_mode="mostrecent",
+)
+changelog_oldest = Gauge(
+    "crew7_cache_changelog_oldest_unapplied_seconds",
+    "Age of the oldest change-log entry whose invalidations are not applied (0: none)",
+    multiprocess_mode="mostrecent",
+)
+changelog_applied = Counter(
+    "crew7_cache_changelog_applied_total", "Change-log entries applied by the relays"
+)
+changelog_replays = Counter(
+    "crew7_cache_changelog_replays_total",
+    "Replays of the retained window after the watermark was found missing",
+)
 http_requests = Counter(
     "crew7_http_requests_total", "HTTP requests", ["endpoint", "method", "status"]
 )
@@ -85,6 +109,16 @@ def cache_totals():
         elif metric.name == "crew7_cache_redis_errors":
             errors += sum(int(s.value) for s in metric.samples if s.name.endswith("_total"))
     return totals, errors
+
+
+def set_changelog(status):
+    """The change log's gauges from ``ChangeRelay.status()`` (at scrape time)."""
+    if status["size"] is None:
+        return  # the database did not answer: the last values stay
+    changelog_entries.set(status["size"])
+    if status["lag_entries"] is not None:
+        changelog_lag.set(status["lag_entries"])
+    changelog_oldest.set(status["oldest_unapplied_age"] or 0.0)
 
 
 def observe_request(endpoint, method, status, started):

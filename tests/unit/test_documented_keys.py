@@ -7,8 +7,10 @@ from crew7.services.cache.documents import (
     DOCUMENT_TYPES,
     FENCE_KEY,
     LOCK_KEY,
+    REPLAY_KEY,
     VIEWS_KEY,
     WARMING_KEY,
+    WATERMARK_KEY,
 )
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "cache.md"
@@ -27,7 +29,7 @@ def _template(key):
 
 def test_every_key_in_the_registry_is_documented_and_nothing_else():
     registry = {t.key for t in DOCUMENT_TYPES.values()}
-    registry |= {VIEWS_KEY, WARMING_KEY.replace("{deployment}", "{id}")}
+    registry |= {VIEWS_KEY, WATERMARK_KEY, REPLAY_KEY, WARMING_KEY.replace("{deployment}", "{id}")}
     registry |= {FENCE_KEY.format(key="{DOC}"), LOCK_KEY.format(key="{DOC}")}
     documented = {_template(k) for k in _documented_keys()}
     assert documented == registry

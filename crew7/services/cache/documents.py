@@ -79,6 +79,10 @@ VIEWS_KEY = "stats:crew_views"
 FENCE_KEY = "fence:{{{key}}}"
 LOCK_KEY = "lock:{{{key}}}"
 WARMING_KEY = "warming:{deployment}"
+# The change log's watermark: the last entry whose invalidations are applied.
+WATERMARK_KEY = "changelog:applied"
+# Held (SET NX, a short TTL) by the one process replaying after the watermark was lost.
+REPLAY_KEY = "changelog:replaying"
 
 
 def document_key(type_name, ident=None, prefix=""):

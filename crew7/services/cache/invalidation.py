@@ -82,6 +82,38 @@ class Invalidation:
         self._retry_timer.daemon = True
         self._retry_timer.start()
 
+    # -- the change log's delivery ------------------------------------------------
+    def changelog_watermark(self):
+        """The id of the last change-log entry whose invalidations are applied, or None
+        when Redis has none (restarted, flushed, a lagging replica promoted); raises
+        CacheUnavailable when Redis does not answer."""
+        value = self._call(self.client.get, self.watermark_key())
+        return None if value is None else int(value)
+
+    def apply_changes(self, keys, deleted_crews, watermark):
+        """Invalidate ``keys``, drop ``deleted_crews`` from the popularity set, then raise
+        the watermark to ``watermark`` (never lowered): True once all of it is applied.
+        The watermark is only written after every invalidation was acknowledged, so a
+        failure leaves it where it was and the entries are applied again."""
+        if self.breaker.opened_at is not None:
+            return False
+        try:
+            if keys:
+                self._call(self._send_invalidations, set(keys))
+            if deleted_crews:
+                self._call(self.client.zrem, self.views_key(), *deleted_crews)
+            self._run("raise_watermark", [self.watermark_key()], [int(watermark)])
+            return True
+        except CacheUnavailable:
+            return False
+
+    def release(self, key):
+        """Delete a claim (``claim``) this process holds; failures are left to its TTL."""
+        try:
+            self._call(self.client.delete, key)
+        except CacheUnavailable:
+            pass
+
     @property
     def pending_invalidations(self):
         return len(self._pending)

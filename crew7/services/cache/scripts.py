@@ -170,6 +170,18 @@ return 0
 """
 
 
+# KEYS: watermark  ARGV: id -> the watermark after: it only ever moves up.
+_RAISE_WATERMARK = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
+local new = tonumber(ARGV[1])
+if new > current then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return new
+end
+return current
+"""
+
+
 SOURCES = {
     "read": _READ,
     "view": _VIEW,
@@ -183,6 +195,7 @@ SOURCES = {
     "acquire_many": _ACQUIRE_MANY,
     "fill_many": _FILL_MANY,
     "views": _VIEWS,
+    "raise_watermark": _RAISE_WATERMARK,
 }
 
 

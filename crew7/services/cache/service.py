@@ -18,8 +18,10 @@ from crew7.services.cache.documents import (
     DOCUMENT_TYPES,
     FAMILIES,
     LEADERBOARD_TYPES,
+    REPLAY_KEY,
     STATS,
     VIEWS_KEY,
+    WATERMARK_KEY,
 )
 from crew7.services.cache.invalidation import Invalidation
 from crew7.services.cache.popularity import Popularity, ViewBuffer
@@ -120,6 +122,14 @@ class CacheService(ReadThrough, Invalidation, Popularity):
 
     def lock_key(self, key):
         return f"{self._lock_head}{key}}}"
+
+    def watermark_key(self):
+        """The change log's watermark: the last entry id whose invalidations landed."""
+        return self.prefix + WATERMARK_KEY
+
+    def replay_key(self):
+        """Held by the one process replaying the change log after a lost watermark."""
+        return self.prefix + REPLAY_KEY
 
     def warming_key(self, deployment):
         return f"{self.prefix}warming:{deployment}"

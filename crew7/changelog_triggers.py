@@ -1,0 +1,273 @@
+"""The triggers that write ``cache_changes``: what a committed change affects, recorded
+by the database itself in the writing transaction, whoever writes (the app, psql,
+sqlite3, a Core ``update()``, a data migration).
+
+They mirror ``crew7.invalidation.RULES``, one entry per document group a changed row
+affects (the relay, ``crew7.services.changelog``, expands entries into keys):
+
+    kind           ref_id   written when                          the relay invalidates
+    crew           crew     a crew is inserted, deleted, or its   its document, its agents
+                            name/description/process/is_public    list and each of its
+                            changes                               agents' documents
+    stats          NULL     a crew's name or is_public changes,   the stats documents
+                            or it is deleted
+    views          crew     a crew is deleted                     its popularity entry
+    agent          agent    an agent is inserted, deleted or one  its document
+                            of its fields changes
+    crew_agents    crew     same (the agent's crew; old and new   the crew's agents list
+                            crew if it moved)
+    crew_document  crew     an agent is inserted or deleted (the  the crew's document
+                            agent count); a run is inserted,
+                            deleted or its status/duration/
+                            tokens/dates change (the aggregates)
+
+Entries carry the ids the relay needs rather than the changed row alone: a deleted
+agent's crew could not be looked up once it is gone.
+
+A crew's deletion cascades to its agents and runs: agents still write their own entry
+(their documents must go), but neither writes a crew-level entry for a crew that is gone
+(the crew's own entry covers it), so deleting a long history writes a few rows, not one
+per run.
+
+Used by ``crew7.models`` (``create_all``) and by migration 0003; a later change here
+needs a new migration that calls ``create_statements`` again (each statement replaces
+what it defines).
+"""
+
+CREW_FIELDS = ("name", "description", "process", "is_public")
+AGENT_FIELDS = ("name", "role", "goal", "backstory", "llm", "tools", "crew_id")
+RUN_FIELDS = ("status", "duration", "tokens_used", "started_at", "created_at", "crew_id")
+
+# -- SQLite ---------------------------------------------------------------------------
+
+_SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+
+
+def _sqlite_changed(fields):
+    return " OR ".join(f"OLD.{f} IS NOT NEW.{f}" for f in fields)
+
+
+def _sqlite_log(kind, ref, where=""):
+    return (
+        f"INSERT INTO cache_changes (kind, ref_id, created_at)"
+        f" SELECT '{kind}', {ref}, {_SQLITE_NOW}{where};"
+    )
+
+
+def _crew_exists(ref):
+    return f" WHERE EXISTS (SELECT 1 FROM crews WHERE id = {ref})"
+
+
+_MOVED = " WHERE OLD.crew_id IS NOT NEW.crew_id"
+
+_SQLITE_TRIGGERS = {
+    "crew7_crews_insert": ("AFTER INSERT ON crews", "", [_sqlite_log("crew", "NEW.id")]),
+    "crew7_crews_update": (
+        "AFTER UPDATE ON crews",
+        _sqlite_changed(CREW_FIELDS),
+        [_sqlite_log("crew", "NEW.id")],
+    ),
+    "crew7_crews_update_stats": (
+        "AFTER UPDATE ON crews",
+        _sqlite_changed(("name", "is_public")),
+        [_sqlite_log("stats", "NULL")],
+    ),
+    "crew7_crews_delete": (
+        "AFTER DELETE ON crews",
+        "",
+        [
+            _sqlite_log("crew", "OLD.id"),
+            _sqlite_log("stats", "NULL"),
+            _sqlite_log("views", "OLD.id"),
+        ],
+    ),
+    "crew7_agents_insert": (
+        "AFTER INSERT ON agents",
+        "",
+        [
+            _sqlite_log("agent", "NEW.id"),
+            _sqlite_log("crew_agents", "NEW.crew_id"),
+            _sqlite_log("crew_document", "NEW.crew_id"),
+        ],
+    ),
+    "crew7_agents_update": (
+        "AFTER UPDATE ON agents",
+        _sqlite_changed(AGENT_FIELDS),
+        [
+            _sqlite_log("agent", "NEW.id"),
+            _sqlite_log("crew_agents", "NEW.crew_id"),
+            _sqlite_log("crew_agents", "OLD.crew_id", _MOVED),
+            _sqlite_log("crew_document", "OLD.crew_id", _MOVED),
+            _sqlite_log("crew_document", "NEW.crew_id", _MOVED),
+        ],
+    ),
+    "crew7_agents_delete": (
+        "AFTER DELETE ON agents",
+        "",
+        [
+            _sqlite_log("agent", "OLD.id"),
+            _sqlite_log("crew_agents", "OLD.crew_id", _crew_exists("OLD.crew_id")),
+            _sqlite_log("crew_document", "OLD.crew_id", _crew_exists("OLD.crew_id")),
+        ],
+    ),
+    "crew7_runs_insert": (
+        "AFTER INSERT ON runs",
+        "",
+        [_sqlite_log("crew_document", "NEW.crew_id")],
+    ),
+    "crew7_runs_update": (
+        "AFTER UPDATE ON runs",
+        _sqlite_changed(RUN_FIELDS),
+        [
+            _sqlite_log("crew_document", "NEW.crew_id"),
+            _sqlite_log("crew_document", "OLD.crew_id", _MOVED),
+        ],
+    ),
+    "crew7_runs_delete": (
+        "AFTER DELETE ON runs",
+        "",
+        [_sqlite_log("crew_document", "OLD.crew_id", _crew_exists("OLD.crew_id"))],
+    ),
+}
+
+
+def _sqlite_statements():
+    out = []
+    for name, (event, when, body) in _SQLITE_TRIGGERS.items():
+        out.append(f"DROP TRIGGER IF EXISTS {name}")
+        when_sql = f" WHEN {when}" if when else ""
+        out.append(
+            f"CREATE TRIGGER {name} {event} FOR EACH ROW{when_sql}\nBEGIN\n  "
+            + "\n  ".join(body)
+            + "\nEND"
+        )
+    return out
+
+
+# -- PostgreSQL -----------------------------------------------------------------------
+
+_PG_NOW = "(now() AT TIME ZONE 'utc')"
+
+
+def _pg_log(kind, ref):
+    return (
+        f"INSERT INTO cache_changes (kind, ref_id, created_at) VALUES ('{kind}', {ref}, {_PG_NOW});"
+    )
+
+
+def _pg_changed(fields, casts=()):
+    def col(row, f):
+        return f"{row}.{f}::text" if f in casts else f"{row}.{f}"
+
+    old = ", ".join(col("OLD", f) for f in fields)
+    new = ", ".join(col("NEW", f) for f in fields)
+    return f"ROW({old}) IS DISTINCT FROM ROW({new})"
+
+
+_PG_FUNCTIONS = {
+    "crew7_log_crew_change": f"""
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    {_pg_log("crew", "NEW.id")}
+  ELSIF TG_OP = 'UPDATE' THEN
+    IF {_pg_changed(CREW_FIELDS)} THEN
+      {_pg_log("crew", "NEW.id")}
+    END IF;
+    IF {_pg_changed(("name", "is_public"))} THEN
+      {_pg_log("stats", "NULL")}
+    END IF;
+  ELSE
+    {_pg_log("crew", "OLD.id")}
+    {_pg_log("stats", "NULL")}
+    {_pg_log("views", "OLD.id")}
+  END IF;
+  RETURN NULL;
+END""",
+    # json has no equality operator: tools are compared as text.
+    "crew7_log_agent_change": f"""
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    {_pg_log("agent", "NEW.id")}
+    {_pg_log("crew_agents", "NEW.crew_id")}
+    {_pg_log("crew_document", "NEW.crew_id")}
+  ELSIF TG_OP = 'UPDATE' THEN
+    IF {_pg_changed(AGENT_FIELDS, casts=("tools",))} THEN
+      {_pg_log("agent", "NEW.id")}
+      {_pg_log("crew_agents", "NEW.crew_id")}
+      IF OLD.crew_id IS DISTINCT FROM NEW.crew_id THEN
+        {_pg_log("crew_agents", "OLD.crew_id")}
+        {_pg_log("crew_document", "OLD.crew_id")}
+        {_pg_log("crew_document", "NEW.crew_id")}
+      END IF;
+    END IF;
+  ELSE
+    {_pg_log("agent", "OLD.id")}
+    IF EXISTS (SELECT 1 FROM crews WHERE id = OLD.crew_id) THEN
+      {_pg_log("crew_agents", "OLD.crew_id")}
+      {_pg_log("crew_document", "OLD.crew_id")}
+    END IF;
+  END IF;
+  RETURN NULL;
+END""",
+    "crew7_log_run_change": f"""
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    {_pg_log("crew_document", "NEW.crew_id")}
+  ELSIF TG_OP = 'UPDATE' THEN
+    IF {_pg_changed(RUN_FIELDS)} THEN
+      {_pg_log("crew_document", "NEW.crew_id")}
+      IF OLD.crew_id IS DISTINCT FROM NEW.crew_id THEN
+        {_pg_log("crew_document", "OLD.crew_id")}
+      END IF;
+    END IF;
+  ELSIF EXISTS (SELECT 1 FROM crews WHERE id = OLD.crew_id) THEN
+    {_pg_log("crew_document", "OLD.crew_id")}
+  END IF;
+  RETURN NULL;
+END""",
+}
+
+_PG_TRIGGERS = {
+    "crew7_crews_changes": ("crews", "crew7_log_crew_change"),
+    "crew7_agents_changes": ("agents", "crew7_log_agent_change"),
+    "crew7_runs_changes": ("runs", "crew7_log_run_change"),
+}
+
+
+def _postgresql_statements():
+    out = []
+    for name, body in _PG_FUNCTIONS.items():
+        out.append(
+            f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $${body}\n$$"
+        )
+    for name, (table, function) in _PG_TRIGGERS.items():
+        out.append(f"DROP TRIGGER IF EXISTS {name} ON {table}")
+        out.append(
+            f"CREATE TRIGGER {name} AFTER INSERT OR UPDATE OR DELETE ON {table}"
+            f" FOR EACH ROW EXECUTE FUNCTION {function}()"
+        )
+    return out
+
+
+def create_statements(dialect):
+    """The statements that (re)create the triggers on ``dialect`` ('sqlite' or
+    'postgresql')."""
+    if dialect == "sqlite":
+        return _sqlite_statements()
+    if dialect == "postgresql":
+        return _postgresql_statements()
+    raise ValueError(f"no change-log triggers for the {dialect} dialect")
+
+
+def drop_statements(dialect):
+    """The statements that remove the triggers (and PostgreSQL's functions)."""
+    if dialect == "sqlite":
+        return [f"DROP TRIGGER IF EXISTS {name}" for name in _SQLITE_TRIGGERS]
+    out = [f"DROP TRIGGER IF EXISTS {n} ON {t}" for n, (t, _) in _PG_TRIGGERS.items()]
+    return out + [f"DROP FUNCTION IF EXISTS {name}()" for name in _PG_FUNCTIONS]
+
+
+def install(connection):
+    """Create the triggers on ``connection`` (a SQLAlchemy connection)."""
+    for statement in create_statements(connection.dialect.name):
+        connection.exec_driver_sql(statement)

@@ -1,0 +1,425 @@
+"""The cache change log's relay: entries the database's triggers wrote into
+``cache_changes`` (``crew7.changelog_triggers``) become invalidations, applied until
+Redis has them.
+
+Each poll reads the entries after the watermark (``changelog:applied`` in Redis: the
+last entry whose invalidations are applied), expands them into keys, invalidates those
+keys, and only then raises the watermark. A poll is one indexed query
+(``WHERE id > :cursor ORDER BY id LIMIT 1000``) plus one to find the agents of changed
+crews when there are any; an idle poll is that query and one GET. Invalidation is
+idempotent, so several processes may relay at once.
+
+Ids are taken at insert and committed in any order on PostgreSQL: an id missing below
+newer entries may belong to a transaction still open. The watermark stays below such a
+gap (this process remembers what it applied above it, so nothing is applied twice by
+it) until the entry appears or ``CACHE_CHANGELOG_GAP_WAIT`` passes (a rollback leaves
+the gap for ever).
+
+A missing watermark (Redis restarted, flushed, or a replica that lagged promoted) replays
+every entry newer than the longest TTL plus a margin: a document cached before that has
+expired since.
+
+Runs in every serving process (a daemon thread started by gunicorn's
+``post_worker_init``, see ``start_relay``), and right after a writer's own invalidations
+(``crew7.invalidation.after_commit``).
+"""
+
+import logging
+import os
+import threading
+import time
+from datetime import timedelta
+
+from sqlalchemy import delete, func, select
+
+from crew7.models import Agent, CacheChange, utcnow
+from crew7.services import metrics
+from crew7.services.cache import AGENT, CREW, CREW_AGENTS, CacheUnavailable, get_cache_service
+
+log = logging.getLogger(__name__)
+
+BATCH = 1000
+PRUNE_BATCH = 5000
+PRUNE_EVERY = 10.0  # seconds between pruning passes of one process
+MAX_GAPS = 10000
+BACKLOG_WAIT = 60  # seconds a start-up may spend applying a backlog before serving
+REPLAY_CLAIM_TTL = 10  # seconds: a replaying process that dies holds the others back so long
+
+# kind -> the document families it invalidates for ref_id (see crew7.changelog_triggers)
+EXPANSION = {
+    "crew": (CREW, CREW_AGENTS),  # and each of the crew's agents, looked up when relayed
+    "crew_document": (CREW,),
+    "crew_agents": (CREW_AGENTS,),
+    "agent": (AGENT,),
+}
+KINDS = frozenset(EXPANSION) | {"stats", "views"}
+
+
+def crews_needing_agents(entries):
+    """The crews whose agents' documents the entries name (``crew`` entries)."""
+    return {ref for kind, ref in entries if kind == "crew" and ref is not None}
+
+
+def expand(entries, agents_of_crew, key_of, stats_keys):
+    """The keys to invalidate and the crews to drop from the popularity set.
+
+    ``entries``: ``(kind, ref_id)`` pairs; ``agents_of_crew``: ``{crew_id: [agent ids]}``
+    (as they are when relayed); ``key_of``: ``{family: key function}``; ``stats_keys``:
+    the stats documents' keys. Unknown kinds are skipped (logged): an older process may
+    relay entries a newer schema writes.
+    """
+    keys, views = set(), set()
+    for kind, ref in entries:
+        if kind == "stats":
+            keys.update(stats_keys)
+        elif kind == "views":
+            views.add(str(ref))
+        elif kind in EXPANSION:
+            keys.update(key_of[family](ref) for family in EXPANSION[kind])
+            if kind == "crew":
+                keys.update(key_of[AGENT](a) for a in agents_of_crew.get(ref, ()))
+        else:
+            log.warning("cache change log: unknown entry kind %r skipped", kind)
+    return keys, sorted(views)
+
+
+class ChangeRelay:
+    """One process's relay of the change log of one app (``app.extensions``)."""
+
+    def __init__(self, app):
+        self.app = app
+        config = app.config
+        self.interval = config["CACHE_CHANGELOG_INTERVAL"]
+        self.retention = config["CACHE_CHANGELOG_RETENTION"]
+        self.margin = config["CACHE_CHANGELOG_REPLAY_MARGIN"]
+        self.gap_wait = config["CACHE_CHANGELOG_GAP_WAIT"]
+        self.cursor = None  # the highest id this process has read and applied
+        self.gaps = {}  # id -> monotonic time first seen missing
+        self.applied = 0  # entries applied by this process
+        self.replays = 0  # lost watermarks this process replayed from
+        self.last_replay = None  # {"from_id", "entries"} of the latest replay
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = None
+        self._last_prune = 0.0
+        self._db_engine = None
+
+    def _engine(self):
+        """The app's engine (the relay uses its own connections, never the session)."""
+        if self._db_engine is None:
+            from crew7.extensions import db
+
+            with self.app.app_context():
+                self._db_engine = db.engine
+        return self._db_engine
+
+    # -- one poll -------------------------------------------------------------
+    def replay_window(self, cache):
+        """Seconds back a lost watermark replays: the longest TTL plus the margin."""
+        return max([*cache.ttl_of.values(), cache.negative_ttl]) + self.margin
+
+    def poll(self, blocking=True):
+        """Apply what is new; returns the number of entries applied (0 when Redis or the
+        database did not answer: the next poll tries again)."""
+        if not self._lock.acquire(blocking=blocking):
+            return 0
+        try:
+            return self._poll()
+        finally:
+            self._lock.release()
+
+    def _poll(self):
+        cache = get_cache_service(self.app)
+        try:
+            mark = cache.changelog_watermark()
+        except CacheUnavailable:
+            return 0
+        replay = mark is None
+        if replay:
+            try:
+                claimed = cache.claim(cache.replay_key(), os.getpid(), REPLAY_CLAIM_TTL)
+            except CacheUnavailable:
+                return 0
+            if not claimed:
+                # Another process replays: applying the same entries after it (and after
+                # a warming that followed it) would only refuse fresh fills.
+                return 0
+        try:
+            return self._poll_from(cache, mark)
+        finally:
+            if replay:
+                cache.release(cache.replay_key())
+
+    def _poll_from(self, cache, mark):
+        replay = mark is None
+        with self._engine().connect() as conn:
+            if replay:
+                cursor = self._replay_start(conn, cache)
+                gaps = {}
+            else:
+                cursor = mark if self.cursor is None else max(self.cursor, mark)
+                gaps = {i: t for i, t in self.gaps.items() if i > mark}
+            rows = conn.execute(
+                select(CacheChange.id, CacheChange.kind, CacheChange.ref_id)
+                .where(CacheChange.id > cursor)
+                .order_by(CacheChange.id)
+                .limit(BATCH)
+            ).all()
+            filled = []
+            if gaps:
+                filled = conn.execute(
+                    select(CacheChange.id, CacheChange.kind, CacheChange.ref_id).where(
+                        CacheChange.id.in_(sorted(gaps))
+                    )
+                ).all()
+            entries = [(r.kind, r.ref_id) for r in (*rows, *filled)]
+            crews = crews_needing_agents(entries)
+            agents = {}
+            if crews:
+                for agent_id, crew_id in conn.execute(
+                    select(Agent.id, Agent.crew_id).where(Agent.crew_id.in_(sorted(crews)))
+                ):
+                    agents.setdefault(crew_id, []).append(agent_id)
+        now = time.monotonic()
+        for row in filled:
+            gaps.pop(row.id, None)
+        expected = cursor + 1
+        for row in rows:
+            for missing in range(expected, row.id):
+                if len(gaps) < MAX_GAPS:
+                    gaps.setdefault(missing, now)
+            expected = row.id + 1
+        gaps = {i: t for i, t in gaps.items() if now - t < self.gap_wait}
+        new_cursor = rows[-1].id if rows else cursor
+        watermark = min(gaps) - 1 if gaps else new_cursor
+        if not entries and not replay and watermark <= (mark or 0):
+            self.cursor, self.gaps = new_cursor, gaps
+            return 0
+        keys, views = expand(entries, agents, cache.key_of, cache.stats_keys())
+        if not cache.apply_changes(keys, views, watermark):
+            return 0
+        self.cursor, self.gaps = new_cursor, gaps
+        self.applied += len(entries)
+        metrics.changelog_applied.inc(len(entries))
+        if replay:
+            self.replays += 1
+            metrics.changelog_replays.inc()
+            self.last_replay = {"from_id": cursor + 1, "entries": len(entries)}
+            log.warning(
+                "cache change log: no watermark in Redis; replayed %d entries from id %d",
+                len(entries),
+                cursor + 1,
+            )
+        return len(entries)
+
+    def _replay_start(self, conn, cache):
+        """The id before the first entry a lost watermark must replay."""
+        since = utcnow() - timedelta(seconds=self.replay_window(cache))
+        first = conn.execute(
+            select(func.min(CacheChange.id)).where(CacheChange.created_at >= since)
+        ).scalar()
+        if first is not None:
+            return first - 1
+        return conn.execute(select(func.max(CacheChange.id))).scalar() or 0
+
+    def replay_all(self):
+        """Apply every retained entry (``flask cache-replay``); returns how many."""
+        with self._lock:
+            self.cursor = 0
+            self.gaps = {}
+            cache = get_cache_service(self.app)
+            try:
+                mark = cache.changelog_watermark()
+            except CacheUnavailable:
+                mark = None
+            total = 0
+            while True:
+                before = self.cursor
+                total += self._apply_from(cache, before)
+                if self.cursor == before:
+                    break
+            if mark is not None and self.cursor < mark:
+                self.cursor = mark
+            return total
+
+    def _apply_from(self, cache, cursor):
+        with self._engine().connect() as conn:
+            rows = conn.execute(
+                select(CacheChange.id, CacheChange.kind, CacheChange.ref_id)
+                .where(CacheChange.id > cursor)
+                .order_by(CacheChange.id)
+                .limit(BATCH)
+            ).all()
+            entries = [(r.kind, r.ref_id) for r in rows]
+            crews = crews_needing_agents(entries)
+            agents = {}
+            if crews:
+                for agent_id, crew_id in conn.execute(
+                    select(Agent.id, Agent.crew_id).where(Agent.crew_id.in_(sorted(crews)))
+                ):
+                    agents.setdefault(crew_id, []).append(agent_id)
+        if not rows:
+            return 0
+        keys, views = expand(entries, agents, cache.key_of, cache.stats_keys())
+        if not cache.apply_changes(keys, views, rows[-1].id):
+            raise CacheUnavailable("Redis did not take the invalidations")
+        self.cursor = rows[-1].id
+        self.applied += len(rows)
+        metrics.changelog_applied.inc(len(rows))
+        return len(rows)
+
+    # -- pruning --------------------------------------------------------------
+    def prune(self, limit=PRUNE_BATCH):
+        """Delete up to ``limit`` entries older than the retention; returns how many."""
+        cutoff = utcnow() - timedelta(seconds=self.retention)
+        old = (
+            select(CacheChange.id)
+            .where(CacheChange.created_at < cutoff)
+            .order_by(CacheChange.id)
+            .limit(limit)
+        )
+        with self._engine().begin() as conn:
+            return conn.execute(delete(CacheChange).where(CacheChange.id.in_(old))).rowcount
+
+    # -- the thread -----------------------------------------------------------
+    def wake(self):
+        """After a commit: poll now (the thread), or here when no thread runs."""
+        if self._thread is not None and self._thread.is_alive():
+            self._wake.set()
+        else:
+            self.poll(blocking=False)
+
+    def start_up(self, wait=REPLAY_CLAIM_TTL):
+        """A serving process's first polls, before it serves or warms: applies what is new
+        (replays a lost watermark) to the end of the backlog, or waits, up to ``wait``
+        seconds, for the process that replays. Returns True once the watermark is in
+        Redis."""
+        cache = get_cache_service(self.app)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                # The whole backlog: a batch applied after serving began would replace
+                # fences under fills in flight (refused, computed again).
+                while self.poll() >= BATCH and time.monotonic() < deadline + BACKLOG_WAIT:
+                    pass
+                if cache.changelog_watermark() is not None:
+                    return True
+            except CacheUnavailable:
+                return False
+            except Exception:
+                log.exception("cache change log relay: start-up poll failed")
+                return False
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+    def start(self):
+        """Poll every ``CACHE_CHANGELOG_INTERVAL`` seconds in a daemon thread (the first
+        poll at once); returns the thread."""
+        if self._thread is not None and self._thread.is_alive():
+            return self._thread
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="crew7-changelog", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def stop(self, timeout=5):
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._thread = None
+
+    def _run(self):
+        with self.app.app_context():
+            while not self._stop.is_set():
+                try:
+                    # A full batch means more is waiting: read on without sleeping.
+                    while self.poll() >= BATCH and not self._stop.is_set():
+                        pass
+                    if time.monotonic() - self._last_prune >= PRUNE_EVERY:
+                        self._last_prune = time.monotonic()
+                        self.prune()
+                except Exception:
+                    log.exception("cache change log relay: poll failed")
+                self._wake.wait(self.interval)
+                self._wake.clear()
+
+    # -- what operators see ------------------------------------------------------
+    def status(self, last=0):
+        """Log size, watermark, lag (entries and the oldest unapplied entry's age in
+        seconds), what this process applied, and the ``last`` entries."""
+        cache = get_cache_service(self.app)
+        try:
+            mark = cache.changelog_watermark()
+            available = True
+        except CacheUnavailable:
+            mark, available = None, False
+        with self._engine().connect() as conn:
+            size, max_id = conn.execute(
+                select(func.count(), func.coalesce(func.max(CacheChange.id), 0))
+            ).one()
+            oldest = conn.execute(
+                select(func.min(CacheChange.created_at)).where(CacheChange.id > (mark or 0))
+            ).scalar()
+            recent = []
+            if last:
+                recent = [
+                    {
+                        "id": r.id,
+                        "kind": r.kind,
+                        "ref_id": r.ref_id,
+                        "created_at": str(r.created_at),
+                    }
+                    for r in conn.execute(
+                        select(
+                            CacheChange.id,
+                            CacheChange.kind,
+                            CacheChange.ref_id,
+                            CacheChange.created_at,
+                        )
+                        .order_by(CacheChange.id.desc())
+                        .limit(last)
+                    )
+                ]
+        age = None
+        if oldest is not None and mark is not None:
+            if isinstance(oldest, str):  # SQLite without a type on an aggregate
+                from datetime import datetime
+
+                oldest = datetime.fromisoformat(oldest)
+            age = max(0.0, (utcnow() - oldest).total_seconds())
+        return {
+            "size": size,
+            "max_id": max_id,
+            "watermark": mark,
+            "redis_available": available,
+            "lag_entries": None if mark is None else max(0, max_id - mark),
+            "oldest_unapplied_age": age if (mark is not None and max_id > mark) else 0.0,
+            "applied_by_this_process": self.applied,
+            "replays_by_this_process": self.replays,
+            "last_entries": recent,
+        }
+
+
+def get_relay(app):
+    """The app's ChangeRelay."""
+    return app.extensions["crew7.changelog"]
+
+
+def init_app(app):
+    app.extensions["crew7.changelog"] = ChangeRelay(app)
+
+
+def start_relay(app, first_poll=True):
+    """Relay the change log in this serving process (gunicorn's ``post_worker_init``
+    calls this before ``start_warming``): one poll now, so that what a lost watermark
+    replays lands before this process serves or warms anything, then a thread. Returns
+    the thread, or None when ``CACHE_CHANGELOG_INTERVAL`` is 0."""
+    if not app.config["CACHE_CHANGELOG_INTERVAL"]:
+        return None
+    relay = get_relay(app)
+    if first_poll:
+        relay.start_up()
+    return relay.start()
