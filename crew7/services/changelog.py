@@ -34,7 +34,8 @@ from sqlalchemy import delete, func, select
 
 from crew7.models import Agent, CacheChange, utcnow
 from crew7.services import metrics
-from crew7.services.cache import AGENT, CREW, CREW_AGENTS, CacheUnavailable, get_cache_service
+from crew7.services.cache import CacheUnavailable, get_cache_service
+from crew7.services.changelog_entries import crews_needing_agents, expand
 
 log = logging.getLogger(__name__)
 
@@ -44,43 +45,6 @@ PRUNE_EVERY = 10.0  # seconds between pruning passes of one process
 MAX_GAPS = 10000
 BACKLOG_WAIT = 60  # seconds a start-up may spend applying a backlog before serving
 REPLAY_CLAIM_TTL = 10  # seconds: a replaying process that dies holds the others back so long
-
-# kind -> the document families it invalidates for ref_id (see crew7.changelog_triggers)
-EXPANSION = {
-    "crew": (CREW, CREW_AGENTS),  # and each of the crew's agents, looked up when relayed
-    "crew_document": (CREW,),
-    "crew_agents": (CREW_AGENTS,),
-    "agent": (AGENT,),
-}
-KINDS = frozenset(EXPANSION) | {"stats", "views"}
-
-
-def crews_needing_agents(entries):
-    """The crews whose agents' documents the entries name (``crew`` entries)."""
-    return {ref for kind, ref in entries if kind == "crew" and ref is not None}
-
-
-def expand(entries, agents_of_crew, key_of, stats_keys):
-    """The keys to invalidate and the crews to drop from the popularity set.
-
-    ``entries``: ``(kind, ref_id)`` pairs; ``agents_of_crew``: ``{crew_id: [agent ids]}``
-    (as they are when relayed); ``key_of``: ``{family: key function}``; ``stats_keys``:
-    the stats documents' keys. Unknown kinds are skipped (logged): an older process may
-    relay entries a newer schema writes.
-    """
-    keys, views = set(), set()
-    for kind, ref in entries:
-        if kind == "stats":
-            keys.update(stats_keys)
-        elif kind == "views":
-            views.add(str(ref))
-        elif kind in EXPANSION:
-            keys.update(key_of[family](ref) for family in EXPANSION[kind])
-            if kind == "crew":
-                keys.update(key_of[AGENT](a) for a in agents_of_crew.get(ref, ()))
-        else:
-            log.warning("cache change log: unknown entry kind %r skipped", kind)
-    return keys, sorted(views)
 
 
 class ChangeRelay:

@@ -4,7 +4,7 @@ import pytest
 
 from crew7 import changelog_triggers
 from crew7.services.cache.documents import DOCUMENT_TYPES, LEADERBOARD_TYPES
-from crew7.services.changelog import KINDS, crews_needing_agents, expand
+from crew7.services.changelog_entries import KINDS, crews_needing_agents, expand
 
 KEY_OF = {name: t.key_function("") for name, t in DOCUMENT_TYPES.items()}
 STATS_KEYS = ["stats:popular_crews"] + [f"stats:leaderboard:{t}" for t in LEADERBOARD_TYPES]
