@@ -40,7 +40,7 @@ def main():
         key = cache.crew_key(1)
         document = b'{"name":"x","description":"' + b"y" * 1550 + b'","attributes":[]}'
         cache.claim(key, document, 3600)
-        keys = [key, cache.fence_key(key), cache.views_key()]
+        keys = [key, cache.views_key()]
         read_script = cache.scripts.wrapper("read")
         with app.test_request_context("/metadata/crew/1"):
             rows = []

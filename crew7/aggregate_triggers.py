@@ -12,6 +12,8 @@ recomputed run by run. ``flask recompute-stats`` rebuilds every row from the run
 Used by ``crew7.models`` (``create_all``) and by migration 0004.
 """
 
+from crew7.triggers import TriggerSet
+
 COUNTERS = ("total_runs", "queued_runs", "running_runs", "succeeded_runs", "failed_runs")
 TRACKED = ("status", "duration", "tokens_used", "started_at", "created_at", "crew_id")
 
@@ -120,40 +122,7 @@ _PG_TRIGGERS = {
 }
 
 
-def create_statements(dialect):
-    """The statements that (re)create the triggers on ``dialect``."""
-    out = []
-    if dialect == "sqlite":
-        for name, (event, when, body) in _SQLITE_TRIGGERS.items():
-            out.append(f"DROP TRIGGER IF EXISTS {name}")
-            when_sql = f" WHEN {when}" if when else ""
-            out.append(
-                f"CREATE TRIGGER {name} {event} FOR EACH ROW{when_sql}\nBEGIN\n  "
-                + "\n  ".join(body)
-                + "\nEND"
-            )
-        return out
-    if dialect != "postgresql":
-        raise ValueError(f"no aggregate triggers for the {dialect} dialect")
-    for name, body in _PG_FUNCTIONS.items():
-        out.append(
-            f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $${body}\n$$"
-        )
-    for name, (table, events, function) in _PG_TRIGGERS.items():
-        out.append(f"DROP TRIGGER IF EXISTS {name} ON {table}")
-        out.append(
-            f"CREATE TRIGGER {name} {events} ON {table} FOR EACH ROW EXECUTE FUNCTION {function}()"
-        )
-    return out
-
-
-def drop_statements(dialect):
-    if dialect == "sqlite":
-        return [f"DROP TRIGGER IF EXISTS {name}" for name in _SQLITE_TRIGGERS]
-    out = [f"DROP TRIGGER IF EXISTS {n} ON {t}" for n, (t, _, _) in _PG_TRIGGERS.items()]
-    return out + [f"DROP FUNCTION IF EXISTS {name}()" for name in _PG_FUNCTIONS]
-
-
-def install(connection):
-    for statement in create_statements(connection.dialect.name):
-        connection.exec_driver_sql(statement)
+TRIGGERS = TriggerSet("aggregate", _SQLITE_TRIGGERS, _PG_FUNCTIONS, _PG_TRIGGERS)
+create_statements = TRIGGERS.create_statements
+drop_statements = TRIGGERS.drop_statements
+install = TRIGGERS.install

@@ -34,6 +34,8 @@ needs a new migration that calls ``create_statements`` again (each statement rep
 what it defines).
 """
 
+from crew7.triggers import TriggerSet
+
 CREW_FIELDS = ("name", "description", "process", "is_public")
 AGENT_FIELDS = ("name", "role", "goal", "backstory", "llm", "tools", "crew_id")
 RUN_FIELDS = ("status", "duration", "tokens_used", "started_at", "created_at", "crew_id")
@@ -131,19 +133,6 @@ _SQLITE_TRIGGERS = {
 }
 
 
-def _sqlite_statements():
-    out = []
-    for name, (event, when, body) in _SQLITE_TRIGGERS.items():
-        out.append(f"DROP TRIGGER IF EXISTS {name}")
-        when_sql = f" WHEN {when}" if when else ""
-        out.append(
-            f"CREATE TRIGGER {name} {event} FOR EACH ROW{when_sql}\nBEGIN\n  "
-            + "\n  ".join(body)
-            + "\nEND"
-        )
-    return out
-
-
 # -- PostgreSQL -----------------------------------------------------------------------
 
 _PG_NOW = "(now() AT TIME ZONE 'utc')"
@@ -227,47 +216,15 @@ BEGIN
 END""",
 }
 
+_PG_EVENTS = "AFTER INSERT OR UPDATE OR DELETE"
 _PG_TRIGGERS = {
-    "crew7_crews_changes": ("crews", "crew7_log_crew_change"),
-    "crew7_agents_changes": ("agents", "crew7_log_agent_change"),
-    "crew7_runs_changes": ("runs", "crew7_log_run_change"),
+    "crew7_crews_changes": ("crews", _PG_EVENTS, "crew7_log_crew_change"),
+    "crew7_agents_changes": ("agents", _PG_EVENTS, "crew7_log_agent_change"),
+    "crew7_runs_changes": ("runs", _PG_EVENTS, "crew7_log_run_change"),
 }
 
 
-def _postgresql_statements():
-    out = []
-    for name, body in _PG_FUNCTIONS.items():
-        out.append(
-            f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $${body}\n$$"
-        )
-    for name, (table, function) in _PG_TRIGGERS.items():
-        out.append(f"DROP TRIGGER IF EXISTS {name} ON {table}")
-        out.append(
-            f"CREATE TRIGGER {name} AFTER INSERT OR UPDATE OR DELETE ON {table}"
-            f" FOR EACH ROW EXECUTE FUNCTION {function}()"
-        )
-    return out
-
-
-def create_statements(dialect):
-    """The statements that (re)create the triggers on ``dialect`` ('sqlite' or
-    'postgresql')."""
-    if dialect == "sqlite":
-        return _sqlite_statements()
-    if dialect == "postgresql":
-        return _postgresql_statements()
-    raise ValueError(f"no change-log triggers for the {dialect} dialect")
-
-
-def drop_statements(dialect):
-    """The statements that remove the triggers (and PostgreSQL's functions)."""
-    if dialect == "sqlite":
-        return [f"DROP TRIGGER IF EXISTS {name}" for name in _SQLITE_TRIGGERS]
-    out = [f"DROP TRIGGER IF EXISTS {n} ON {t}" for n, (t, _) in _PG_TRIGGERS.items()]
-    return out + [f"DROP FUNCTION IF EXISTS {name}()" for name in _PG_FUNCTIONS]
-
-
-def install(connection):
-    """Create the triggers on ``connection`` (a SQLAlchemy connection)."""
-    for statement in create_statements(connection.dialect.name):
-        connection.exec_driver_sql(statement)
+TRIGGERS = TriggerSet("change-log", _SQLITE_TRIGGERS, _PG_FUNCTIONS, _PG_TRIGGERS)
+create_statements = TRIGGERS.create_statements
+drop_statements = TRIGGERS.drop_statements
+install = TRIGGERS.install

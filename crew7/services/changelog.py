@@ -47,6 +47,28 @@ BACKLOG_WAIT = 60  # seconds a start-up may spend applying a backlog before serv
 REPLAY_CLAIM_TTL = 10  # seconds: a replaying process that dies holds the others back so long
 
 
+def _entries_after(conn, cursor):
+    """The next batch of entries after ``cursor``, in id order (one indexed query)."""
+    return conn.execute(
+        select(CacheChange.id, CacheChange.kind, CacheChange.ref_id)
+        .where(CacheChange.id > cursor)
+        .order_by(CacheChange.id)
+        .limit(BATCH)
+    ).all()
+
+
+def _agents_of_changed_crews(conn, entries):
+    """``{crew_id: [agent ids]}`` of the crews whose agents the entries name, as they are
+    now (one query, none when no entry names a crew)."""
+    agents = {}
+    crews = crews_needing_agents(entries)
+    if crews:
+        rows = conn.execute(select(Agent.id, Agent.crew_id).where(Agent.crew_id.in_(sorted(crews))))
+        for agent_id, crew_id in rows:
+            agents.setdefault(crew_id, []).append(agent_id)
+    return agents
+
+
 class ChangeRelay:
     """One process's relay of the change log of one app (``app.extensions``)."""
 
@@ -124,12 +146,7 @@ class ChangeRelay:
             else:
                 cursor = mark if self.cursor is None else max(self.cursor, mark)
                 gaps = {i: t for i, t in self.gaps.items() if i > mark}
-            rows = conn.execute(
-                select(CacheChange.id, CacheChange.kind, CacheChange.ref_id)
-                .where(CacheChange.id > cursor)
-                .order_by(CacheChange.id)
-                .limit(BATCH)
-            ).all()
+            rows = _entries_after(conn, cursor)
             filled = []
             if gaps:
                 filled = conn.execute(
@@ -138,13 +155,7 @@ class ChangeRelay:
                     )
                 ).all()
             entries = [(r.kind, r.ref_id) for r in (*rows, *filled)]
-            crews = crews_needing_agents(entries)
-            agents = {}
-            if crews:
-                for agent_id, crew_id in conn.execute(
-                    select(Agent.id, Agent.crew_id).where(Agent.crew_id.in_(sorted(crews)))
-                ):
-                    agents.setdefault(crew_id, []).append(agent_id)
+            agents = _agents_of_changed_crews(conn, entries)
         now = time.monotonic()
         for row in filled:
             gaps.pop(row.id, None)
@@ -209,20 +220,9 @@ class ChangeRelay:
 
     def _apply_from(self, cache, cursor):
         with self._engine().connect() as conn:
-            rows = conn.execute(
-                select(CacheChange.id, CacheChange.kind, CacheChange.ref_id)
-                .where(CacheChange.id > cursor)
-                .order_by(CacheChange.id)
-                .limit(BATCH)
-            ).all()
+            rows = _entries_after(conn, cursor)
             entries = [(r.kind, r.ref_id) for r in rows]
-            crews = crews_needing_agents(entries)
-            agents = {}
-            if crews:
-                for agent_id, crew_id in conn.execute(
-                    select(Agent.id, Agent.crew_id).where(Agent.crew_id.in_(sorted(crews)))
-                ):
-                    agents.setdefault(crew_id, []).append(agent_id)
+            agents = _agents_of_changed_crews(conn, entries)
         if not rows:
             return 0
         keys, views = expand(entries, agents, cache.key_of, cache.stats_keys())

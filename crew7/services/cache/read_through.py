@@ -28,8 +28,7 @@ class ReadThrough:
         if not self.enabled:
             self.counters.record(family, "bypass")
             return self._compute(family, compute)
-        fence_key = self.fence_key(key)
-        keys = [key, fence_key]
+        keys = [key]
         args = ()
         if count_view is not None and self.views is None:
             keys.append(self.views_key())

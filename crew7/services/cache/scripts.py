@@ -9,14 +9,14 @@ import redis
 
 from crew7.services.cache.popularity import COUNT_VIEW
 
-# KEYS: doc, fence[, views]  ARGV: [member, keep]
-# -> {1, value, pttl} on a hit, {0} on a miss
+# KEYS: doc[, views]  ARGV: [member, keep]
+# -> {1, value, pttl} on a hit, {0} on a miss (the lock holder reads the fence: _ACQUIRE)
 _READ = (
     COUNT_VIEW
     + """
 local v = redis.call('GET', KEYS[1])
 if v then
-  if #KEYS > 2 and v ~= 'null' then count_view(KEYS[3], ARGV[1], 1, tonumber(ARGV[2])) end
+  if #KEYS > 1 and v ~= 'null' then count_view(KEYS[2], ARGV[1], 1, tonumber(ARGV[2])) end
   return {1, v, redis.call('PTTL', KEYS[1])}
 end
 return {0}
