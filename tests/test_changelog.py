@@ -7,6 +7,7 @@ database's triggers and the relay can invalidate.
 """
 
 import threading
+import time
 
 import pytest
 from sqlalchemy import create_engine, event, text
@@ -198,6 +199,35 @@ def test_writer_lost_its_invalidation_while_redis_was_frozen(app_factory, own_re
         within_poll(lambda: crew_name(rclient, cid) == "After", "the reader sees the write")
     finally:
         get_relay(reader).stop()
+
+
+def test_a_process_reads_around_redis_until_the_log_is_applied(
+    app_factory, own_redis, outside_sql
+):
+    """After a Redis error a process does not read Redis again until it has applied what
+    the change log holds beyond Redis's watermark: here a rename made by SQL while Redis
+    was frozen, which no relay delivered (none runs), is shown by the first read after."""
+    from crew7.services.changelog import get_relay
+
+    app = app_factory(REDIS_URL=own_redis.url, BREAKER_THRESHOLD=3, BREAKER_COOLDOWN=0.2)
+    client = app.test_client()
+    cache = app.extensions["crew7.cache"]
+    user = make_user(app, "erin")
+    cid = seed_crew(client, user, agents=1)[0]["id"]
+    assert crew_name(client, cid) == "Research Crew"
+    get_relay(app).poll()
+    own_redis.freeze()
+    try:
+        assert crew_name(client, cid) == "Research Crew"  # from the database
+        assert not cache.trusted
+        outside_sql("UPDATE crews SET name = 'After' WHERE id = :id", id=cid)
+    finally:
+        own_redis.resume()
+    time.sleep(0.3)  # the breaker's cooldown
+    assert crew_name(client, cid) == "After"
+    assert cache.trusted
+    hits = cache.counters.hits
+    assert crew_name(client, cid) == "After" and cache.counters.hits == hits + 1
 
 
 # -- a lost watermark ------------------------------------------------------------------

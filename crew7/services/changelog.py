@@ -80,6 +80,7 @@ class ChangeRelay:
         self.margin = config["CACHE_CHANGELOG_REPLAY_MARGIN"]
         self.gap_wait = config["CACHE_CHANGELOG_GAP_WAIT"]
         self.cursor = None  # the highest id this process has read and applied
+        self.mark_seen = None  # the highest watermark this process has seen in Redis
         self.gaps = {}  # id -> monotonic time first seen missing
         self.applied = 0  # entries applied by this process
         self.replays = 0  # lost watermarks this process replayed from
@@ -91,7 +92,7 @@ class ChangeRelay:
         self._last_prune = 0.0
         self._db_engine = None
 
-    def _engine(self):
+    def engine(self):
         """The app's engine (the relay uses its own connections, never the session)."""
         if self._db_engine is None:
             from crew7.extensions import db
@@ -108,29 +109,49 @@ class ChangeRelay:
     def poll(self, blocking=True):
         """Apply what is new; returns the number of entries applied (0 when Redis or the
         database did not answer: the next poll tries again)."""
+        return self._locked_poll(blocking) or 0
+
+    def _locked_poll(self, blocking=True):
+        """As ``poll``, but None when nothing could be applied: Redis did not answer,
+        another process replays, or another thread of this one is polling."""
         if not self._lock.acquire(blocking=blocking):
-            return 0
+            return None
         try:
             return self._poll()
         finally:
             self._lock.release()
+
+    def catch_up(self):
+        """Apply everything the log holds beyond Redis's watermark, now: True once done.
+        The cache reads Redis again only after this succeeds (``CacheService.catch_up``):
+        a Redis that came back may lack invalidations acknowledged meanwhile."""
+        try:
+            while True:
+                applied = self._locked_poll()
+                if applied is None:
+                    return False
+                if applied < BATCH:
+                    return True
+        except Exception:
+            log.exception("cache change log relay: catching up failed")
+            return False
 
     def _poll(self):
         cache = get_cache_service(self.app)
         try:
             mark = cache.changelog_watermark()
         except CacheUnavailable:
-            return 0
+            return None
         replay = mark is None
         if replay:
             try:
                 claimed = cache.claim(cache.replay_key(), os.getpid(), REPLAY_CLAIM_TTL)
             except CacheUnavailable:
-                return 0
+                return None
             if not claimed:
                 # Another process replays: applying the same entries after it (and after
                 # a warming that followed it) would only refuse fresh fills.
-                return 0
+                return None
         try:
             return self._poll_from(cache, mark)
         finally:
@@ -139,10 +160,21 @@ class ChangeRelay:
 
     def _poll_from(self, cache, mark):
         replay = mark is None
-        with self._engine().connect() as conn:
+        with self.engine().connect() as conn:
             if replay:
                 cursor = self._replay_start(conn, cache)
                 gaps = {}
+            elif self.mark_seen is not None and mark < self.mark_seen:
+                # The watermark only rises, so Redis lost writes: a replica that lagged
+                # was promoted (or a snapshot restored). Invalidations acknowledged since
+                # its watermark may be lost with them: apply those entries again.
+                log.warning(
+                    "cache change log: the watermark went back from %d to %d (a failover "
+                    "or restore); applying the entries since again",
+                    self.mark_seen,
+                    mark,
+                )
+                replay, cursor, gaps = True, mark, {}
             else:
                 cursor = mark if self.cursor is None else max(self.cursor, mark)
                 gaps = {i: t for i, t in self.gaps.items() if i > mark}
@@ -170,11 +202,15 @@ class ChangeRelay:
         watermark = min(gaps) - 1 if gaps else new_cursor
         if not entries and not replay and watermark <= (mark or 0):
             self.cursor, self.gaps = new_cursor, gaps
+            self.mark_seen = max(self.mark_seen or 0, mark)
             return 0
         keys, views = expand(entries, agents, cache.key_of, cache.stats_keys())
         if not cache.apply_changes(keys, views, watermark):
-            return 0
+            return None
         self.cursor, self.gaps = new_cursor, gaps
+        self.mark_seen = (
+            max(watermark, mark or 0) if replay else max(self.mark_seen or 0, watermark, mark)
+        )
         self.applied += len(entries)
         metrics.changelog_applied.inc(len(entries))
         if replay:
@@ -182,7 +218,7 @@ class ChangeRelay:
             metrics.changelog_replays.inc()
             self.last_replay = {"from_id": cursor + 1, "entries": len(entries)}
             log.warning(
-                "cache change log: no watermark in Redis; replayed %d entries from id %d",
+                "cache change log: replayed %d entries from id %d",
                 len(entries),
                 cursor + 1,
             )
@@ -219,7 +255,7 @@ class ChangeRelay:
             return total
 
     def _apply_from(self, cache, cursor):
-        with self._engine().connect() as conn:
+        with self.engine().connect() as conn:
             rows = _entries_after(conn, cursor)
             entries = [(r.kind, r.ref_id) for r in rows]
             agents = _agents_of_changed_crews(conn, entries)
@@ -243,7 +279,7 @@ class ChangeRelay:
             .order_by(CacheChange.id)
             .limit(limit)
         )
-        with self._engine().begin() as conn:
+        with self.engine().begin() as conn:
             return conn.execute(delete(CacheChange).where(CacheChange.id.in_(old))).rowcount
 
     # -- the thread -----------------------------------------------------------
@@ -312,59 +348,11 @@ class ChangeRelay:
 
     # -- what operators see ------------------------------------------------------
     def status(self, last=0):
-        """Log size, watermark, lag (entries and the oldest unapplied entry's age in
-        seconds), what this process applied, and the ``last`` entries."""
-        cache = get_cache_service(self.app)
-        try:
-            mark = cache.changelog_watermark()
-            available = True
-        except CacheUnavailable:
-            mark, available = None, False
-        with self._engine().connect() as conn:
-            size, max_id = conn.execute(
-                select(func.count(), func.coalesce(func.max(CacheChange.id), 0))
-            ).one()
-            oldest = conn.execute(
-                select(func.min(CacheChange.created_at)).where(CacheChange.id > (mark or 0))
-            ).scalar()
-            recent = []
-            if last:
-                recent = [
-                    {
-                        "id": r.id,
-                        "kind": r.kind,
-                        "ref_id": r.ref_id,
-                        "created_at": str(r.created_at),
-                    }
-                    for r in conn.execute(
-                        select(
-                            CacheChange.id,
-                            CacheChange.kind,
-                            CacheChange.ref_id,
-                            CacheChange.created_at,
-                        )
-                        .order_by(CacheChange.id.desc())
-                        .limit(last)
-                    )
-                ]
-        age = None
-        if oldest is not None and mark is not None:
-            if isinstance(oldest, str):  # SQLite without a type on an aggregate
-                from datetime import datetime
+        """Log size, watermark and lag, what this process applied, and the ``last``
+        entries (``crew7.services.changelog_status``)."""
+        from crew7.services.changelog_status import relay_status
 
-                oldest = datetime.fromisoformat(oldest)
-            age = max(0.0, (utcnow() - oldest).total_seconds())
-        return {
-            "size": size,
-            "max_id": max_id,
-            "watermark": mark,
-            "redis_available": available,
-            "lag_entries": None if mark is None else max(0, max_id - mark),
-            "oldest_unapplied_age": age if (mark is not None and max_id > mark) else 0.0,
-            "applied_by_this_process": self.applied,
-            "replays_by_this_process": self.replays,
-            "last_entries": recent,
-        }
+        return relay_status(self, last)
 
 
 def get_relay(app):
@@ -373,7 +361,9 @@ def get_relay(app):
 
 
 def init_app(app):
-    app.extensions["crew7.changelog"] = ChangeRelay(app)
+    """The app's relay; the cache catches up through it before it trusts Redis again."""
+    relay = app.extensions["crew7.changelog"] = ChangeRelay(app)
+    get_cache_service(app).catch_up = relay.catch_up
 
 
 def start_relay(app, first_poll=True):
@@ -384,6 +374,6 @@ def start_relay(app, first_poll=True):
     if not app.config["CACHE_CHANGELOG_INTERVAL"]:
         return None
     relay = get_relay(app)
-    if first_poll:
-        relay.start_up()
+    if first_poll and not relay.start_up():
+        get_cache_service(app).distrust()  # read around Redis until the relay catches up
     return relay.start()

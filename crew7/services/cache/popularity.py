@@ -67,9 +67,12 @@ class Popularity:
 
     def get_many_counting_views(self, keys, members):
         """One round trip: MGET ``keys`` and count a view of each member whose document is
-        found (public); ``members`` name distinct documents. None when Redis is unavailable."""
+        found (public); ``members`` name distinct documents. None when Redis is unavailable
+        or not trusted (``regain_trust``)."""
         if not keys:
             return []
+        if not (self.trusted or self.regain_trust()):
+            return None
         if self.cluster:
             try:
                 values = self._call(self.client.mget_nonatomic, keys)

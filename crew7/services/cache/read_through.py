@@ -19,13 +19,16 @@ class ReadThrough:
     def read_through(self, family, key, compute, count_view=None, ttl=None):
         """The stored bytes of ``key``, computed with ``compute()`` on a miss.
 
+        Redis is read only while it is trusted (``regain_trust``): after a Redis error the
+        document is computed, not cached, until the change log is caught up.
+
         ``compute`` returns the document's JSON bytes, or None when the id is unknown
         or private (cached briefly as ``null``). Exactly one caller computes a cold key;
         the others wait for its result (bounded), then compute themselves. ``count_view``
         names the crew whose view to count when the document is public; ``ttl`` overrides
         the family's.
         """
-        if not self.enabled:
+        if not self.enabled or not (self.trusted or self.regain_trust()):
             self.counters.record(family, "bypass")
             return self._compute(family, compute)
         keys = [key]

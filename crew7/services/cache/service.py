@@ -70,6 +70,15 @@ class CacheService(ReadThrough, Invalidation, Popularity):
             config["HIT_RATE_ALERT_THRESHOLD"],
             config["HIT_RATE_MIN_LOOKUPS"],
         )
+        # Whether Redis may be read: False from any Redis error until ``catch_up`` (the
+        # app's change-log relay, applying what the log holds beyond Redis's watermark)
+        # has succeeded since. A Redis that came back from a freeze, a restart or a
+        # failover may lack invalidations this process or another acknowledged; until
+        # they are applied this process reads around it (the database) and fills nothing.
+        self.trusted = True
+        self.catch_up = None
+        self._distrusts = 0
+        self._trust_lock = threading.Lock()
         self._pending = set()
         self._pending_lock = threading.Lock()
         self._retry_timer = None
@@ -149,11 +158,31 @@ class CacheService(ReadThrough, Invalidation, Popularity):
                 raise redis.ConnectionError("pending invalidations could not be applied")
             result = fn(*args, **kwargs)
         except REDIS_ERRORS as exc:
+            self.distrust()
             self.counters.redis_error()
             self.breaker.failure(exc)
             raise CacheUnavailable(str(exc)) from exc
         self.breaker.success()
         return result
+
+    # -- trust ------------------------------------------------------------------
+    def distrust(self):
+        """Read around Redis until ``regain_trust`` succeeds (after any Redis error)."""
+        self.trusted = False
+        self._distrusts += 1
+
+    def regain_trust(self):
+        """Catch up with the change log (``catch_up``), then read Redis again: True when
+        Redis may be read. One thread at a time; the others read around it meanwhile."""
+        if not self._trust_lock.acquire(blocking=False):
+            return False
+        try:
+            seen = self._distrusts
+            if (self.catch_up is None or self.catch_up()) and seen == self._distrusts:
+                self.trusted = True
+            return self.trusted
+        finally:
+            self._trust_lock.release()
 
     def _run(self, name, keys, args=()):
         """One of the scripts, guarded by the breaker."""
@@ -216,6 +245,7 @@ class CacheService(ReadThrough, Invalidation, Popularity):
             out["available"] = False
             out["error"] = str(exc)
         out["breaker"] = self.breaker.state
+        out["trusted"] = self.trusted
         out["pending_invalidations"] = self.pending_invalidations
         out["process_counters"] = self.counters.as_dict()
         return out
