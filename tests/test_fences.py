@@ -72,6 +72,18 @@ def own_redis():
         server.close()
 
 
+def _lose_fence(r, cid, fault):
+    fence = f"fence:{{metadata:crew:{cid}}}"
+    if fault == "flushall":
+        r.flushall()
+    elif fault == "fence_deleted":  # what eviction does to it
+        assert r.delete(fence) == 1
+    else:
+        r.pexpire(fence, 1)
+        time.sleep(0.05)
+        assert not r.exists(fence)
+
+
 def _app(database_url, url, **settings):
     app = make_app(database_url, url, **settings)
     reset_schema(app)
@@ -85,17 +97,32 @@ def test_a_lost_fence_refuses_the_fill(database_url, own_redis, fault):
     r = redis.Redis.from_url(server.url)
 
     def inject(cid):
-        fence = f"fence:{{metadata:crew:{cid}}}"
-        if fault == "flushall":
-            r.flushall()
-        elif fault == "fence_deleted":  # what eviction does to it
-            assert r.delete(fence) == 1
-        else:
-            r.pexpire(fence, 1)
-            time.sleep(0.05)
-            assert not r.exists(fence)
+        _lose_fence(r, cid, fault)
 
     names = _race(app, app.test_client(), _user(app), server.url, inject)
+    assert names == ["After"] * 5
+    assert app.extensions["crew7.cache"].counters.fills_rejected >= 1
+    r.close()
+
+
+@pytest.mark.parametrize("fault", ["flushall", "fence_deleted", "fence_expired"])
+def test_a_lost_fence_refuses_the_fill_on_sentinel(database_url, redis_sentinel, fault):
+    """The same on a Sentinel master: the app reaches it through the Sentinels."""
+    host, port = redis_sentinel.current_master()
+    url = f"redis://{host}:{port}/0"
+    app = _app(
+        database_url,
+        None,
+        REDIS_SENTINELS=redis_sentinel.sentinels_setting,
+        REDIS_SENTINEL_MASTER=redis_sentinel.master_name,
+        CACHE_FILL_DELAY=0.8,
+    )
+    r = redis.Redis.from_url(url)
+
+    def inject(cid):
+        _lose_fence(r, cid, fault)
+
+    names = _race(app, app.test_client(), _user(app), url, inject)
     assert names == ["After"] * 5
     assert app.extensions["crew7.cache"].counters.fills_rejected >= 1
     r.close()
