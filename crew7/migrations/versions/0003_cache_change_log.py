@@ -1,7 +1,9 @@
 """cache change log: cache_changes and the triggers that write it
 
 Every committed change to crews, agents and runs writes, in its own transaction, an
-entry naming the documents it affects (``crew7.changelog_triggers``), whoever makes it;
+entry naming the documents it affects (the triggers ``crew7.changelog_triggers`` rendered
+when this revision was written, frozen in ``frozen/0003_cache_change_log.json`` so that
+later changes to that module need a revision of their own), whoever makes it;
 the relay (``crew7.services.changelog``) turns entries into invalidations until they are
 delivered. SQLite: AUTOINCREMENT, so an id (the relay's watermark) is never reused even
 after every row was pruned; PostgreSQL: bigserial.
@@ -11,10 +13,19 @@ Revises: 0002
 Create Date: 2026-11-30 13:30:00
 """
 
+import json
+from pathlib import Path
+
 import sqlalchemy as sa
 from alembic import op
 
-from crew7 import changelog_triggers
+FROZEN = Path(__file__).resolve().parent.parent / "frozen" / "0003_cache_change_log.json"
+
+
+def _run(action):
+    bind = op.get_bind()
+    for statement in json.loads(FROZEN.read_text())[action][bind.dialect.name]:
+        bind.exec_driver_sql(statement)
 
 revision = "0003"
 down_revision = "0002"
@@ -40,12 +51,10 @@ def upgrade():
         sqlite_autoincrement=True,
     )
     op.create_index("ix_cache_changes_created_at", "cache_changes", ["created_at"])
-    changelog_triggers.install(op.get_bind())
+    _run("create")
 
 
 def downgrade():
-    bind = op.get_bind()
-    for statement in changelog_triggers.drop_statements(bind.dialect.name):
-        bind.exec_driver_sql(statement)
+    _run("drop")
     op.drop_index("ix_cache_changes_created_at", table_name="cache_changes")
     op.drop_table("cache_changes")
