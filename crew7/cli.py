@@ -164,6 +164,7 @@ def cache_replay_command():
 @click.option("--module-dir", help="Folder of ngx_http_lua_module.so (default: found).")
 @click.option("--flush-interval", type=float, default=0.5, show_default=True)
 @click.option("--proxy-read-timeout", default="35s", show_default=True)
+@click.option("--resolver", help="DNS server for a Redis named by host (Docker: 127.0.0.11).")
 @click.option(
     "--rate-limit",
     "rate_limits",

@@ -9,6 +9,7 @@ Cache-Control, the XFetch settings. So a front cannot drift from the app it fron
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -34,6 +35,14 @@ def _address(text, what):
     if not sep or not host or not port.isdigit():
         raise ValueError(f"{what} must be HOST:PORT, got {text!r}")
     return host, int(port)
+
+
+def _is_ip(host):
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def script_sha(name):
@@ -68,6 +77,9 @@ class FrontOptions:
     flush_interval: float = 0.5
     proxy_read_timeout: str = "35s"
     limits: dict = field(default_factory=dict)
+    # DNS server(s) for a Redis named by host name (Lua's sockets need nginx's resolver;
+    # the upstream is resolved once at start-up): 127.0.0.11 in Docker.
+    resolver: str | None = None
 
 
 def front_options(
@@ -181,6 +193,13 @@ def render_front_config(config, options):
     for zone, (rate, burst) in limits.items():
         values[f"rate_{zone}"] = rate
         values[f"burst_{zone}"] = str(burst)
+    redis_host = settings["redis_host"]
+    if options.resolver:
+        values["resolver"] = f"    resolver {options.resolver} valid=30s ipv6=off;"
+    elif not _is_ip(redis_host):
+        raise ValueError(f"--redis names host {redis_host!r}: give --resolver too (or its IP)")
+    else:
+        values["resolver"] = "    # (Redis by address: no resolver needed.)"
     _address(options.app, "--app")
     _address(options.listen, "--listen")
     text = template
