@@ -169,7 +169,15 @@ def lua_settings(config, options):
 
 
 def render_front_config(config, options):
-    """A complete nginx.conf for ``options`` and the app configured by ``config``."""
+    """A complete nginx.conf for ``options`` and the app configured by ``config``.
+
+    The front reads one Redis server: an app on a Cluster (views buffered in the app,
+    documents spread over slots) or behind Sentinel (the master moves) is refused.
+    """
+    if config.get("REDIS_CLUSTER_NODES") or config.get("REDIS_SENTINELS"):
+        raise ValueError(
+            "the front reads one Redis server: not with REDIS_CLUSTER_NODES or REDIS_SENTINELS"
+        )
     package = files(__package__)
     template = package.joinpath("nginx.conf.in").read_text()
     lua = package.joinpath("front.lua").read_text()
