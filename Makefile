@@ -37,7 +37,7 @@ $(STAMP): $(DEPS) | $(BIN)/python
 system-packages: ## install every system package any target needs (apt-get, as root)
 	$(SYSTEM_PACKAGES) test run front bench drill
 
-test: install ## the test suite (what CI runs); installs redis-server, PostgreSQL, nginx
+test: install ## the test suite (what CI runs); installs redis-server, PostgreSQL, nginx + Lua
 	$(SYSTEM_PACKAGES) test
 	CREW7_TEST_DBS=$(CREW7_TEST_DBS) $(BIN)/pytest $(PYTEST_ARGS)
 

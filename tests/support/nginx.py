@@ -32,11 +32,23 @@ def find_nginx() -> str | None:
     )
 
 
+# What the front's Lua needs besides the module (lua-nginx-redis).
+LUA_REDIS = "/usr/share/lua/5.1/nginx/redis.lua"
+
+
 def nginx_binary() -> str:
-    """Path of nginx; skips the test without it (fails it when CI=true)."""
+    """Path of nginx; skips the test without it or the front's Lua packages (fails it when
+    CI=true)."""
+    from crew7.front import MODULES, find_module_dir
+
     found = find_nginx()
     if found is None:
         missing("nginx")
+    folder = find_module_dir()
+    if not all(os.path.exists(os.path.join(folder, m)) for m in MODULES):
+        missing("libnginx-mod-http-lua")
+    if not os.path.exists(LUA_REDIS):
+        missing("lua-nginx-redis")
     return found
 
 
