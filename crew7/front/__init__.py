@@ -141,6 +141,8 @@ def lua_settings(config, options):
     timeout = int(options.redis_timeout_ms)
     families = [f for f in FAMILIES if f != STATS]
     return {
+        # The app not reading Redis: neither does the front (it could hold old entries).
+        "enabled": bool(config["METADATA_CACHE_ENABLED"]),
         "redis_host": redis_host,
         "redis_port": redis_port,
         "redis_password": options.redis_password or "",

@@ -179,7 +179,7 @@ end
 
 -- Every request of `location /metadata/`.
 function M.serve()
-  if ngx.req.get_method() ~= "GET" then return ngx.exec(APP) end
+  if not S.enabled or ngx.req.get_method() ~= "GET" then return ngx.exec(APP) end
   local path, query = ngx.var.request_uri:match("^([^?]*)%??(.*)$")
   if path == "/metadata/crews" then return serve_batch(query) end
   local raw = path:match("^/metadata/crew/([0-9a-f]+)$")
