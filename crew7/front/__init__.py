@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from urllib.parse import urlsplit
 
+from crew7.metadata.views import MAX_BATCH
 from crew7.services.cache.documents import FAMILIES, FRONT_HITS_KEY, STATS, VIEWS_KEY
 from crew7.services.cache.scripts import SOURCES
 
@@ -167,6 +168,7 @@ def lua_settings(config, options):
         "compute_estimate": {f: FAMILIES[f].compute_estimate for f in families},
         "families": families,
         "flush_interval": float(options.flush_interval),
+        "max_batch": MAX_BATCH,
     }
 
 
@@ -188,6 +190,9 @@ def render_front_config(config, options):
     prefix = options.prefix.rstrip("/") or "/"
     module_dir = options.module_dir or find_module_dir()
     limits = dict(RATE_LIMITS)
+    unknown = set(options.limits or {}) - set(RATE_LIMITS)
+    if unknown:
+        raise ValueError(f"no rate limit zone {sorted(unknown)}: the zones are {list(RATE_LIMITS)}")
     limits.update(options.limits or {})
     values = {
         "load_modules": "\n".join(f"load_module {module_dir}/{m};" for m in MODULES),

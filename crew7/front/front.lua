@@ -139,7 +139,7 @@ local function serve_batch(query)
   local order, distinct, keys, seen = {}, {}, {}, {}
   for part in (raw .. ","):gmatch("([^,]*),") do
     local id = id_of(part)
-    if not id or #order >= 100 then return ngx.exec(APP) end
+    if not id or #order >= S.max_batch then return ngx.exec(APP) end
     order[#order + 1] = id
     if not seen[id] then
       seen[id] = true

@@ -56,6 +56,8 @@ def test_what_the_front_cannot_serve_is_refused_at_render_time():
     for setting in ("REDIS_CLUSTER_NODES", "REDIS_SENTINELS"):
         with pytest.raises(ValueError, match="one Redis server"):
             render_front_config(_config(**{setting: "10.0.0.1:7000"}), _options())
+    with pytest.raises(ValueError, match="no rate limit zone"):
+        render_front_config(_config(), _options(limits={"crew7_nope": ("1r/s", 1)}))
     with pytest.raises(ValueError, match="HOST:PORT"):
         render_front_config(_config(), _options(listen="8080"))
     disabled = render_front_config(_config(METADATA_CACHE_ENABLED=False), _options())
