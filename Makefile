@@ -17,7 +17,7 @@ SYSTEM_PACKAGES := scripts/install-system-packages.sh
 CREW7_TEST_DBS ?= sqlite,postgresql
 PYTEST_ARGS ?=
 
-.PHONY: help venv install system-packages test test-unit test-fast run lint clean
+.PHONY: help venv install system-packages test test-unit test-fast run run-front nginx-conf lint clean
 
 help: ## list the targets
 	@echo "make [target]   (default: test)"
@@ -35,9 +35,9 @@ $(STAMP): $(DEPS) | $(BIN)/python
 	touch $@
 
 system-packages: ## install every system package any target needs (apt-get, as root)
-	$(SYSTEM_PACKAGES) test run bench drill
+	$(SYSTEM_PACKAGES) test run front bench drill
 
-test: install ## the test suite (what CI runs); installs redis-server, PostgreSQL, nginx
+test: install ## the test suite (what CI runs); installs redis-server, PostgreSQL, nginx + Lua
 	$(SYSTEM_PACKAGES) test
 	CREW7_TEST_DBS=$(CREW7_TEST_DBS) $(BIN)/pytest $(PYTEST_ARGS)
 
@@ -52,6 +52,14 @@ test-fast: install ## the suite without slow tests, Sentinel/Cluster, gunicorn o
 run: ## serve the app with demo data on 127.0.0.1:8000 (scripts/run.sh)
 	$(SYSTEM_PACKAGES) run
 	scripts/run.sh
+
+CREW7_FRONT_PORT ?= 8080
+run-front: ## make run, plus the nginx front on 127.0.0.1:$(CREW7_FRONT_PORT)
+	$(SYSTEM_PACKAGES) run front
+	CREW7_FRONT_PORT=$(CREW7_FRONT_PORT) scripts/run.sh
+
+nginx-conf: install ## render deploy/nginx.conf (compose's front) from the code
+	deploy/render-nginx-conf.sh > deploy/nginx.conf.new && mv deploy/nginx.conf.new deploy/nginx.conf
 
 lint: install ## ruff check
 	$(BIN)/ruff check .

@@ -148,6 +148,49 @@ def cache_replay_command():
     click.echo(f"applied {count} change-log entries")
 
 
+@click.command("nginx-config")
+@with_appcontext
+@click.option("--listen", required=True, help="HOST:PORT nginx listens on.")
+@click.option("--app", "app_addr", required=True, help="HOST:PORT of gunicorn.")
+@click.option("--redis", "redis_addr", help="HOST:PORT of Redis (default: REDIS_URL's).")
+@click.option("--prefix", default=".", show_default=True, help="nginx -p: pid, logs, temp.")
+@click.option("--redis-password", help="Redis AUTH password (default: REDIS_URL's).")
+@click.option("--redis-db", type=int, help="Redis database (default: REDIS_URL's, or 0).")
+@click.option("--key-prefix", help="Prefix of every key (default: CACHE_KEY_PREFIX).")
+@click.option("--redis-timeout-ms", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--workers", default="auto", show_default=True, help="worker_processes")
+@click.option("--access-log", help="Default: PREFIX/access.log (e.g. /dev/stdout).")
+@click.option("--error-log", help="Default: PREFIX/error.log (e.g. /dev/stderr).")
+@click.option("--module-dir", help="Folder of ngx_http_lua_module.so (default: found).")
+@click.option("--flush-interval", type=float, default=0.5, show_default=True)
+@click.option("--proxy-read-timeout", default="35s", show_default=True)
+@click.option("--resolver", help="DNS server for a Redis named by host (Docker: 127.0.0.11).")
+@click.option(
+    "--rate-limit",
+    "rate_limits",
+    multiple=True,
+    metavar="ZONE=RATE:BURST",
+    help="Override a rate limit, e.g. crew7_api=1r/m:2 (tests).",
+)
+def nginx_config_command(rate_limits, **kwargs):
+    """Print the nginx.conf of the front (nginx + Lua hits from Redis) for this app."""
+    from crew7.front import front_options, render_front_config
+
+    limits = {}
+    for item in rate_limits:
+        zone, _, spec = item.partition("=")
+        rate, _, burst = spec.partition(":")
+        if not (zone and rate and burst.isdigit()):
+            raise click.BadParameter(f"{item!r}: not ZONE=RATE:BURST", param_hint="--rate-limit")
+        limits[zone] = (rate, int(burst))
+    try:
+        options = front_options(current_app.config, limits=limits, **kwargs)
+        text = render_front_config(current_app.config, options)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(text, nl=False)
+
+
 def get_cache():
     from crew7.services.cache import get_cache_service
 
@@ -164,5 +207,6 @@ def register_cli(app):
         cache_stats_command,
         cache_log_command,
         cache_replay_command,
+        nginx_config_command,
     ):
         app.cli.add_command(command)

@@ -31,13 +31,14 @@ for group in "$@"; do
 done
 
 # True when one of the package's commands or paths is there: sbin folders count even when
-# they are not on PATH (nginx lives in /usr/sbin).
+# they are not on PATH (nginx lives in /usr/sbin). A path need not be executable (a
+# module's .so, a Lua file).
 provided() {
     local item path
     for item in "$@"; do
         if [[ $item == /* ]]; then
             for path in $item; do
-                [[ -x $path ]] && return 0
+                [[ -e $path ]] && return 0
             done
         else
             command -v "$item" >/dev/null 2>&1 && return 0

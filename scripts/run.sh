@@ -7,6 +7,9 @@
 #   REDIS_PORT   port of the local Redis (default 6379); one is started there with its
 #                files in instance/redis unless something already answers PING
 #   CREW7_BIND   gunicorn's address (default 127.0.0.1:8000)
+#   CREW7_FRONT_PORT  also start the nginx front (crew7/front) on 127.0.0.1:PORT, its
+#                config rendered by `flask nginx-config` into instance/front with its
+#                logs (`make run-front`); it reads the same Redis as the app
 #
 # On exit (Ctrl-C, TERM, or gunicorn stopping) exactly the processes this script
 # started are stopped, by pid; a Redis that was already running is left alone.
@@ -128,6 +131,24 @@ fi
 .venv/bin/gunicorn -c gunicorn.conf.py wsgi:app --bind "$bind" &
 gunicorn_pid=$!
 started+=("$gunicorn_pid")
+
+# The front, started after gunicorn so it is stopped first. In a session of its own
+# like Redis: stopped by pid (TERM) when this script exits.
+start_front() {
+    local dir=$instance/front nginx pid
+    nginx=$(command -v nginx || echo /usr/sbin/nginx)
+    mkdir -p "$dir"
+    chmod 755 "$dir"
+    CREW7_CACHE_WARM_ON_START=false .venv/bin/flask nginx-config --listen "127.0.0.1:$CREW7_FRONT_PORT" --app "$bind" \
+        --prefix "$dir" >"$dir/nginx.conf"
+    setsid "$nginx" -e stderr -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;' </dev/null &
+    pid=$!
+    started+=("$pid")
+    echo "run.sh: the front on http://127.0.0.1:$CREW7_FRONT_PORT (pid $pid, logs in $dir)"
+}
+if [[ -n ${CREW7_FRONT_PORT:-} ]]; then
+    start_front
+fi
 status=0
 wait "$gunicorn_pid" || status=$?
 exit "$status"

@@ -1,5 +1,6 @@
-"""Deployment files: docker-compose.yml, deploy/boot.sh, the Dockerfile, deploy/nginx.conf
-and gunicorn.conf.py, ending with nginx in front of gunicorn on loopback ports."""
+"""Deployment files: docker-compose.yml, deploy/boot.sh, the Dockerfiles, deploy/nginx.conf
+(rendered by `flask nginx-config`) and gunicorn.conf.py, ending with nginx in front of
+gunicorn on loopback ports."""
 
 from __future__ import annotations
 
@@ -93,7 +94,10 @@ def test_services_start_in_order_of_health(compose):
         "postgres": {"condition": "service_healthy"},
         "redis": {"condition": "service_healthy"},
     }
-    assert services["nginx"]["depends_on"] == {"app": {"condition": "service_healthy"}}
+    assert services["nginx"]["depends_on"] == {
+        "app": {"condition": "service_healthy"},
+        "redis": {"condition": "service_healthy"},
+    }
 
 
 def test_every_service_has_a_healthcheck(compose):
@@ -116,8 +120,8 @@ def test_app_service_settings(compose):
     assert "ports" not in app, "only nginx is published"
     nginx = compose["services"]["nginx"]
     assert "8080:80" in nginx["ports"]
-    mounts = [v.split(":") for v in nginx["volumes"]]
-    assert ["./deploy/nginx.conf", "/etc/nginx/nginx.conf", "ro"] in mounts
+    # The front's image is built from Debian's packages with deploy/nginx.conf in it.
+    assert nginx["build"] == {"context": ".", "dockerfile": "deploy/nginx.Dockerfile"}
     for volume in compose["volumes"]:
         assert any(
             str(v).startswith(f"{volume}:")
@@ -198,11 +202,43 @@ def _nginx_locations(text):
     )
 
 
+def test_deploy_nginx_conf_is_the_renderers_output():
+    """deploy/nginx.conf is generated (make nginx-conf): no copy that can drift."""
+    done = subprocess.run(
+        [str(ROOT / "deploy" / "render-nginx-conf.sh")],
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert NGINX_CONF.read_text() == done.stdout, "deploy/nginx.conf is stale: make nginx-conf"
+
+
+def test_the_front_image_installs_the_front_packages_and_serves_the_rendered_conf():
+    dockerfile = (ROOT / "deploy" / "nginx.Dockerfile").read_text()
+    assert dockerfile.startswith("# ") and "\nFROM debian:bookworm-slim\n" in dockerfile
+    listed = (ROOT / "deploy" / "system-packages.txt").read_text().splitlines()
+    front = [
+        line.split()[0]
+        for line in listed
+        if line and not line.startswith("#") and "front" in line.split()[1].split(",")
+    ]
+    assert set(front) == {"nginx", "libnginx-mod-http-lua", "lua-nginx-redis"}
+    for package in front:
+        assert re.search(rf"\s{re.escape(package)}\s", dockerfile), package
+    assert "COPY deploy/nginx.conf /etc/nginx/crew7.conf" in dockerfile
+    assert '"-c", "/etc/nginx/crew7.conf"' in dockerfile
+    assert "load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;" in NGINX_CONF.read_text()
+
+
 def test_nginx_config_stores_nothing_and_limits_every_public_route():
     text = NGINX_CONF.read_text()
     directives = [line.split("#")[0].strip() for line in text.splitlines()]
     directives = [d for d in directives if d]
-    # No document cache: nginx must never answer with what the app no longer would.
+    # No document cache of nginx's own: the documents it serves are Redis's, which the
+    # app keeps exact (tests/test_front.py), so it never answers what the app would not.
     assert not [d for d in directives if d.startswith(("proxy_cache", "proxy_store"))]
     # The app's own errors reach the client as the app wrote them.
     assert not [d for d in directives if d.startswith("proxy_intercept_errors")]
@@ -212,6 +248,7 @@ def test_nginx_config_stores_nothing_and_limits_every_public_route():
     assert set(blocks) == {
         "= /_crew7/error",
         "/metadata/",
+        "@crew7_app",
         "/stats/",
         "= /metrics",
         "= /healthz",
@@ -231,6 +268,12 @@ def test_nginx_config_stores_nothing_and_limits_every_public_route():
     assert "limit_req_status 429;" in directives
     assert "return 404;" in blocks["= /metrics"]
     assert "internal;" in blocks["= /_crew7/error"]
+    # Metadata: the front's hit path, else the app (its named location has no limit of
+    # its own, so a request handed over is limited once).
+    assert "crew7_front.serve()" in blocks["/metadata/"]
+    assert blocks["@crew7_app"].strip() == "proxy_pass http://crew7_app;"
+    # Only nginx sets the early-refresh header: a client's is replaced.
+    assert "proxy_set_header X-Crew7-Refresh $crew7_refresh;" in directives
 
     # A proxy_set_header or add_header inside a location silently drops the server's.
     for name, body in blocks.items():
@@ -450,8 +493,9 @@ def test_nginx_in_front_of_gunicorn(stack):
     assert log_lines and log_lines[0].startswith("203.0.113.7, 127.0.0.1 127.0.0.1 ")
     assert re.search(r" \d+ms$", log_lines[0])
 
-    # Metadata: nginx stores nothing, even what the app marks public; every request
-    # reaches the app, and nginx compresses for the client.
+    # Metadata: nginx stores nothing, even what the app marks public; with no Redis
+    # (render_nginx_conf's default) every request reaches the app, and nginx
+    # compresses for the client.
     url = "/metadata/crew/1"
     headers, first = _json(_request(port, url))
     assert headers["cache-control"] == "public, max-age=60"

@@ -1,8 +1,10 @@
-"""The real app under gunicorn (2 workers, CREW7_BEHIND_PROXY=true) behind deploy/nginx.conf.
+"""The real app under gunicorn (2 workers, CREW7_BEHIND_PROXY=true) behind the front's
+nginx.conf (`flask nginx-config`) as a proxy: its Redis is a closed port, so every request
+reaches the app (the hit path from Redis is tests/test_front.py's).
 
 Once per database (the module's stack): gunicorn serves the app from the test database
-and Redis on a free 127.0.0.1 port, and nginx (the rendered deploy/nginx.conf, in a
-temporary folder) proxies to it on another; a user is created, then each test creates
+and Redis on a free 127.0.0.1 port, and nginx (rendered in a temporary folder) proxies
+to it on another; a user is created, then each test creates
 its crews through nginx. The tests check what only the two together show: the client
 address and scheme the app trusts; that nginx never serves what the app would not (a
 rename or a privacy change shows on the very next request); per-client rate limits;

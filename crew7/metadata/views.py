@@ -18,6 +18,10 @@ blp = Blueprint(
 )
 
 MAX_BATCH = 100
+# Sent by the front (crew7/front) when XFetch fires there: refresh this document early.
+# "counted": the front has counted the crew's view already. nginx replaces a client's
+# own header of this name, so only the front sets it; a refresh is single-flight anyway.
+REFRESH_HEADER = "X-Crew7-Refresh"
 
 
 def _etag(body):
@@ -61,7 +65,10 @@ def _token_id(raw):
 @blp.alt_response(200, schema=CrewMetadataSchema, description="The crew's document")
 def crew_metadata(token_id):
     """A crew's NFT metadata (decimal id, or ERC-1155's 64-hex-digit form)."""
-    body = service.serve_crew(_token_id(token_id))
+    refresh = request.headers.get(REFRESH_HEADER)
+    body = service.serve_crew(
+        _token_id(token_id), count_view=refresh != "counted", refresh=bool(refresh)
+    )
     return _document_response(body)
 
 
@@ -69,7 +76,8 @@ def crew_metadata(token_id):
 @blp.alt_response(200, schema=AgentMetadataSchema, description="The agent's document")
 def agent_metadata(token_id):
     """An agent's NFT metadata."""
-    body = service.serve_agent(_token_id(token_id))
+    refresh = bool(request.headers.get(REFRESH_HEADER))
+    body = service.serve_agent(_token_id(token_id), refresh=refresh)
     return _document_response(body)
 
 
@@ -77,7 +85,8 @@ def agent_metadata(token_id):
 @blp.alt_response(200, schema=AgentMetadataSchema(many=True), description="Agents' documents")
 def crew_agents_metadata(token_id):
     """The documents of a crew's agents, as a list."""
-    body = service.serve_crew_agents(_token_id(token_id))
+    refresh = bool(request.headers.get(REFRESH_HEADER))
+    body = service.serve_crew_agents(_token_id(token_id), refresh=refresh)
     return _document_response(body)
 
 

@@ -17,7 +17,7 @@ bp = Blueprint("ops", __name__)
 def prometheus_metrics():
     """Prometheus text format, every gunicorn worker included."""
     metrics.set_changelog(changelog_status())
-    body, content_type = metrics.exposition()
+    body, content_type = metrics.exposition(get_cache_service(current_app).front_hits())
     return Response(body, content_type=content_type)
 
 
@@ -45,6 +45,7 @@ def cache_report():
         "families": families,
         "hit_rate": round(hits_all / lookups_all, 4) if lookups_all else None,
         "redis_errors": redis_errors,
+        "front_hits": get_cache_service(current_app).front_hits(),
         "breaker": info["breaker"],
         "keys": info["keys"],
         "memory_used": info["memory_used"],

@@ -254,26 +254,33 @@ def render_crew_agents(crew_id):
 # -- serving (through the cache) ---------------------------------------------------
 
 
-def serve_crew(crew_id, count_view=True):
-    """The crew's document as served; ``NOT_FOUND`` when not found."""
+def serve_crew(crew_id, count_view=True, refresh=False):
+    """The crew's document as served; ``NOT_FOUND`` when not found. ``refresh``: the
+    front asks for an early refresh of this document (XFetch decided it there)."""
     cache = get_cache_service(current_app)
     return cache.read_through(
         CREW,
         cache.crew_key(crew_id),
         lambda: render_crew(crew_id),
         count_view=str(crew_id) if count_view else None,
+        refresh=refresh,
     )
 
 
-def serve_agent(agent_id):
-    cache = get_cache_service(current_app)
-    return cache.read_through(AGENT, cache.agent_key(agent_id), lambda: render_agent(agent_id))
-
-
-def serve_crew_agents(crew_id):
+def serve_agent(agent_id, refresh=False):
     cache = get_cache_service(current_app)
     return cache.read_through(
-        CREW_AGENTS, cache.crew_agents_key(crew_id), lambda: render_crew_agents(crew_id)
+        AGENT, cache.agent_key(agent_id), lambda: render_agent(agent_id), refresh=refresh
+    )
+
+
+def serve_crew_agents(crew_id, refresh=False):
+    cache = get_cache_service(current_app)
+    return cache.read_through(
+        CREW_AGENTS,
+        cache.crew_agents_key(crew_id),
+        lambda: render_crew_agents(crew_id),
+        refresh=refresh,
     )
 
 

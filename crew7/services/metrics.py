@@ -19,6 +19,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import multiprocess as _multiprocess
+from prometheus_client.core import CounterMetricFamily
 
 CACHE_EVENTS = (
     "hit",
@@ -91,8 +92,30 @@ def registry():
     return REGISTRY
 
 
-def exposition():
-    return generate_latest(registry()), CONTENT_TYPE_LATEST
+def exposition(front_hits=None):
+    """The text format; ``front_hits`` ({family: n}, read from Redis at scrape time) as
+    ``crew7_front_hits_total``: documents nginx served without the app."""
+    body = generate_latest(registry())
+    if front_hits is not None:
+        front = CollectorRegistry()
+        front.register(_FrontHits(front_hits))
+        body += generate_latest(front)
+    return body, CONTENT_TYPE_LATEST
+
+
+class _FrontHits:
+    def __init__(self, hits):
+        self.hits = hits
+
+    def collect(self):
+        family = CounterMetricFamily(
+            "crew7_front_hits",
+            "Metadata documents nginx served from Redis without the app, per key family",
+            labels=["family"],
+        )
+        for name, value in sorted(self.hits.items()):
+            family.add_metric([name], value)
+        yield family
 
 
 def cache_totals():

@@ -6,7 +6,7 @@
 - ``servers``: redis-server (standalone, Sentinel, Cluster) and PostgreSQL runners, and
   ``running()`` for the fixtures that start one
 - ``gunicorn`` / ``nginx``: the app under gunicorn (its environment: ``served_env``), nginx
-  with deploy/nginx.conf
+  with the front's config (``flask nginx-config``); ``running_front`` for bench
 - ``raw_http``: one request on a new connection (status, headers, body bytes)
 - ``app``: ``make_app``, ``reset_schema``, ``make_user``, ``fresh_users``, ``db_scalar``
 - ``helpers``: API seeding and Redis command counts; ``stale_checker``: stale-read check

@@ -6,6 +6,7 @@ from pathlib import Path
 from crew7.services.cache.documents import (
     DOCUMENT_TYPES,
     FENCE_KEY,
+    FRONT_HITS_KEY,
     LOCK_KEY,
     REPLAY_KEY,
     VIEWS_KEY,
@@ -30,6 +31,7 @@ def _template(key):
 def test_every_key_in_the_registry_is_documented_and_nothing_else():
     registry = {t.key for t in DOCUMENT_TYPES.values()}
     registry |= {VIEWS_KEY, WATERMARK_KEY, REPLAY_KEY, WARMING_KEY.replace("{deployment}", "{id}")}
+    registry |= {FRONT_HITS_KEY}
     registry |= {FENCE_KEY.format(key="{DOC}"), LOCK_KEY.format(key="{DOC}")}
     documented = {_template(k) for k in _documented_keys()}
     assert documented == registry

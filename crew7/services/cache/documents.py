@@ -79,6 +79,9 @@ VIEWS_KEY = "stats:crew_views"
 FENCE_KEY = "fence:{{{key}}}"
 LOCK_KEY = "lock:{{{key}}}"
 WARMING_KEY = "warming:{deployment}"
+# Metadata documents nginx served from Redis (crew7/front), per family: a hash the front
+# increments and the app's /metrics reads.
+FRONT_HITS_KEY = "front:hits"
 # The change log's watermark: the last entry whose invalidations are applied.
 WATERMARK_KEY = "changelog:applied"
 # Held (SET NX, a short TTL) by the one process replaying after the watermark was lost.

@@ -16,7 +16,7 @@ log = logging.getLogger("crew7.services.cache")
 class ReadThrough:
     """The service's read-through methods."""
 
-    def read_through(self, family, key, compute, count_view=None, ttl=None):
+    def read_through(self, family, key, compute, count_view=None, ttl=None, refresh=False):
         """The stored bytes of ``key``, computed with ``compute()`` on a miss.
 
         Redis is read only while it is trusted (``regain_trust``): after a Redis error the
@@ -26,7 +26,8 @@ class ReadThrough:
         or private (cached briefly as ``null``). Exactly one caller computes a cold key;
         the others wait for its result (bounded), then compute themselves. ``count_view``
         names the crew whose view to count when the document is public; ``ttl`` overrides
-        the family's.
+        the family's. ``refresh``: refresh a hit early whatever XFetch says here (the front
+        decided it).
         """
         if not self.enabled or not (self.trusted or self.regain_trust()):
             self.counters.record(family, "bypass")
@@ -46,7 +47,7 @@ class ReadThrough:
             self.counters.record(family, "hit")
             if self.views is not None and count_view is not None and value != NOT_FOUND:
                 self.views.add(count_view)
-            if self._should_refresh_early(family, pttl):
+            if refresh or self._should_refresh_early(family, pttl):
                 self._schedule_early_refresh(family, key, compute, ttl)
             return value
         self.counters.record(family, "miss")

@@ -17,6 +17,7 @@ from crew7.services.cache.counters import Counters
 from crew7.services.cache.documents import (
     DOCUMENT_TYPES,
     FAMILIES,
+    FRONT_HITS_KEY,
     LEADERBOARD_TYPES,
     REPLAY_KEY,
     STATS,
@@ -26,7 +27,7 @@ from crew7.services.cache.documents import (
 from crew7.services.cache.invalidation import Invalidation
 from crew7.services.cache.popularity import Popularity, ViewBuffer
 from crew7.services.cache.read_through import ReadThrough
-from crew7.services.cache.scripts import Scripts
+from crew7.services.cache.scripts import Scripts, _text
 
 
 def run_inline(fn):
@@ -212,6 +213,15 @@ class CacheService(ReadThrough, Invalidation, Popularity):
         """The stats documents, fenced and single-flight like the metadata documents, so
         a crew made private or deleted leaves them with the write's invalidation."""
         return self.read_through(STATS, key, compute, ttl=ttl)
+
+    def front_hits(self):
+        """``{family: n}``: documents nginx served from Redis (crew7/front), counted there;
+        None when Redis is unavailable."""
+        try:
+            raw = self._call(self.client.hgetall, self.prefix + FRONT_HITS_KEY)
+        except CacheUnavailable:
+            return None
+        return {_text(k): int(v) for k, v in raw.items()}
 
     def info(self):
         """Keys per family and memory used, for operators (SCAN, never KEYS)."""
