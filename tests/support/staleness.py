@@ -215,6 +215,11 @@ def summary(polls, cleared_label="the fault cleared"):
         "last_stale_s": round(max(p["started"] for p in stale), 3) if stale else None,
         "still_stale_at_end": bool(polls and polls[-1].get("stale")),
         "last_poll_s": round(max(p["started"] for p in polls), 3) if polls else None,
+        # started, status, stale, worker pid: poll by poll
+        "timeline": [
+            [round(p.get("started", 0), 3), p.get("status"), p.get("stale"), p.get("pid")]
+            for p in polls
+        ],
     }
 
 
