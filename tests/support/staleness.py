@@ -232,11 +232,15 @@ def renamed_back(old_name):
     return is_stale
 
 
-def held_fill_race(served, redis_client, fault, hold=0.3, reader_timeout=30):
+def held_fill_race(served, redis_client, fault, hold=0.3, settle=0.3, reader_timeout=30):
     """The worst moment of a fill: the crew's fence is gone (as after its expiry or a
     restart); a reader misses, reads the database (old name) and is held before its fill
     (CACHE_FILL_DELAY); the owner renames the crew (200); ``fault(crew_id)`` runs; then the
     reader's fill. Returns (crew id, monotonic time the fault cleared, reader's answer).
+
+    ``settle``: seconds between the rename's response and the fault, for every relay to
+    apply the rename's change-log entries (the writer's own relay applies them again just
+    after its response, replacing the fence once more): the fault then comes last.
     """
     crew, _ = served.create_crew("Before")
     cid = crew["id"]
@@ -250,6 +254,7 @@ def held_fill_race(served, redis_client, fault, hold=0.3, reader_timeout=30):
     thread.start()
     time.sleep(hold)  # the reader has read the database and waits to fill
     served.patch_crew(cid, name="After")
+    time.sleep(settle)
     fault(cid)
     cleared = time.monotonic()
     thread.join(reader_timeout)
