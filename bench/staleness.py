@@ -13,8 +13,8 @@ worker of each request. Rows (bench/staleness_rows.py):
 
     restart-empty, flushall, evict-allkeys-lru, evict-volatile-lru, fence-expiry, control
         a reader's miss held between its database read and its fill (CACHE_FILL_DELAY); the
-        crew renamed (200); the fault; then STALENESS_POLLS (28) polls in concurrent pairs
-        over STALENESS_SPAN (4 s), plus a final poll. Bound: 0 stale reads.
+        crew renamed (200); the fault; then a leading poll, STALENESS_POLLS (28) polls in
+        concurrent pairs over STALENESS_SPAN (4 s), and a final poll. Bound: 0 stale reads.
     freeze-kill-writer
         the document cached; Redis frozen (SIGSTOP); the rename acknowledged; the worker
         that served it killed (SIGKILL, by pid; gunicorn starts another); Redis resumed.
@@ -128,11 +128,11 @@ def write_markdown(path, doc):
         f"Run {doc['started']} UTC, {doc['minutes']} min. gunicorn with `gunicorn.conf.py`, "
         "2 sync workers, real Redis (standalone, or master + replica + 3 Sentinels), "
         "SQLite file or PostgreSQL; BREAKER_COOLDOWN=1 s. "
-        f"{doc['config']['polls']} polls over {doc['config']['span']} s in concurrent pairs "
-        "plus a final one (race and failover rows); SQL and stats rows poll back to back "
-        f"for {doc['config']['sql_watch']} s. Times are seconds after the fault cleared "
-        "(the fault injected, Redis answering again, the new master promoted, the SQL "
-        "committed, the API write acknowledged).",
+        f"A leading poll, {doc['config']['polls']} over {doc['config']['span']} s in "
+        "concurrent pairs and a final one (race and failover rows); SQL and stats rows "
+        f"poll back to back for {doc['config']['sql_watch']} s. Times are seconds after the "
+        "fault cleared (the fault injected, Redis answering again, the new master promoted, "
+        "the SQL committed, the API write acknowledged).",
         "",
     ]
     if doc["config"]["extra_settings"]:

@@ -160,7 +160,9 @@ class Served:
 
 
 def poll(served, path, is_stale, cleared, count=28, span=4.0, per_round=2, final=True):
-    """``count`` GETs of path in rounds of ``per_round`` concurrent ones (a sync worker
+    """One leading GET of path, alone: a miss it takes holds its worker for the fill delay
+    (CACHE_FILL_DELAY applies to every miss), which would leave the rounds to the other
+    worker. Then ``count`` GETs in rounds of ``per_round`` concurrent ones (a sync worker
     serves one at a time, so a round reaches both), the rounds spread over ``span`` s;
     then one final GET. Each poll: started (s after ``cleared``), status, stale, pid.
 
@@ -168,7 +170,6 @@ def poll(served, path, is_stale, cleared, count=28, span=4.0, per_round=2, final
     """
     polls, threads = [], []
     rounds = max(1, count // per_round)
-    start = time.monotonic()
 
     def one(record):
         record["started"] = time.monotonic() - cleared
@@ -180,6 +181,10 @@ def poll(served, path, is_stale, cleared, count=28, span=4.0, per_round=2, final
         record.update(status=status, stale=bool(is_stale(status, body)))
         record["seen"] = body.get("name") if isinstance(body, dict) else None
 
+    lead = {"tag": served.tag(), "lead": True}
+    one(lead)
+    polls.append(lead)
+    start = time.monotonic()
     for n in range(rounds):
         delay = start + n * span / rounds - time.monotonic()
         if delay > 0:
