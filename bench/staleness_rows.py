@@ -40,6 +40,8 @@ def result(row, fault, ctx, topology, stats, bound, **extra):
     else:
         last = stats["last_stale_s"]
         passed = (last is None or last <= 1.0) and not stats["still_stale_at_end"]
+    if stats.get("errors") and not extra.get("invalid"):
+        extra["invalid"] = f"{stats['errors']} polls got no answer"
     if extra.get("invalid"):
         passed = False
     return {
