@@ -72,7 +72,7 @@ clean: ## remove .venv and caches (not instance/)
 # and gunicorn on 127.0.0.1 and write bench/results/. BENCH_SCALE=small for a quick run.
 BENCH_SCALE ?= full
 
-.PHONY: bench drill bench-deps
+.PHONY: bench drill drill-staleness bench-deps
 
 bench-deps: install ## what bench and drill need: wrk and the servers, matplotlib
 	$(SYSTEM_PACKAGES) bench drill
@@ -81,5 +81,9 @@ bench-deps: install ## what bench and drill need: wrk and the servers, matplotli
 bench: bench-deps ## paired benchmarks with wrk (about 15 min; BENCH_SCALE=small: 5)
 	BENCH_SCALE=$(BENCH_SCALE) $(BIN)/python bench/run.py
 
-drill: bench-deps ## fault drills under load (about 3 min)
+drill: bench-deps ## fault drills under load, then the staleness drills (about 6 min)
 	$(BIN)/python bench/drill.py
+	$(BIN)/python bench/staleness.py
+
+drill-staleness: bench-deps ## the staleness drills alone (STALENESS_ONLY=row,... to choose)
+	$(BIN)/python bench/staleness.py
