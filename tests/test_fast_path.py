@@ -10,9 +10,9 @@ import pytest
 from werkzeug.test import EnvironBuilder
 
 from crew7.services import metrics
+from tests.support.app import make_user
 from tests.support.helpers import seed_crew
-
-pytestmark = pytest.mark.topologies
+from tests.support.servers import RedisServer
 
 
 class Paths:
@@ -83,6 +83,7 @@ def _same_answer(app, redis_client, paths, path, crew_id, rule, headers=None):
 CREW_RULE = "/metadata/crew/<token_id:token_id>"
 
 
+@pytest.mark.topologies
 def test_hits_and_304s_are_answered_before_flask_exactly_as_flask_answers(
     app, client, alice, redis_client
 ):
@@ -150,6 +151,7 @@ def test_hits_and_304s_are_answered_before_flask_exactly_as_flask_answers(
     assert paths.handed_over == 0  # every one of these was answered before Flask
 
 
+@pytest.mark.topologies
 def test_what_is_not_a_cached_public_document_goes_to_flask(app, client, alice, bob, redis_client):
     crew, _ = seed_crew(client, alice, agents=0)
     hidden, _ = seed_crew(client, bob, agents=0, is_public=False)
@@ -181,12 +183,12 @@ def test_what_is_not_a_cached_public_document_goes_to_flask(app, client, alice, 
     assert status == "200 OK" and body == b""
 
 
+@pytest.mark.topologies
 def test_an_early_refresh_runs_after_the_fast_path_response_is_sent(app_factory, redis_client):
-    # A window longer than the TTL: every hit is due for an early refresh.
-    app = app_factory(CACHE_EARLY_REFRESH_WINDOW=10_000.0)
+    # A window far longer than the TTL: every hit is due for an early refresh (but for a
+    # chance of 3e-7 of the draw).
+    app = app_factory(CACHE_EARLY_REFRESH_WINDOW=1e9)
     client = app.test_client()
-    from tests.support.app import make_user
-
     alice = make_user(app, "alice")
     crew, _ = seed_crew(client, alice, agents=0)
     path = f"/metadata/crew/{crew['id']}"
@@ -208,6 +210,7 @@ def test_an_early_refresh_runs_after_the_fast_path_response_is_sent(app_factory,
     assert paths.handed_over == 0
 
 
+@pytest.mark.topologies
 def test_an_open_breaker_hands_the_hit_to_flask_and_counts_one_failure(app, client, alice):
     crew, _ = seed_crew(client, alice, agents=0)
     path = f"/metadata/crew/{crew['id']}"
@@ -222,4 +225,25 @@ def test_an_open_breaker_hands_the_hit_to_flask_and_counts_one_failure(app, clie
     after = cache.counters.as_dict()
     assert status == "200 OK" and body.startswith(b"{")
     assert paths.handed_over == 1
+    assert after["bypasses"] == before["bypasses"] + 1 and after["hits"] == before["hits"]
+
+
+def test_a_redis_error_is_counted_once_and_answered_from_the_database(app_factory):
+    # The fast path leaves the failure to Flask's path, which counts it (and tries once).
+    with RedisServer.start() as own_redis:
+        app = app_factory(REDIS_URL=own_redis.url, BREAKER_THRESHOLD=3)
+        client = app.test_client()
+        crew, _ = seed_crew(client, make_user(app, "dora"), agents=0)
+        path = f"/metadata/crew/{crew['id']}"
+        assert client.get(path).status_code == 200
+        cache = app.extensions["crew7.cache"]
+        paths = Paths(app)
+        own_redis.stop()
+        before = cache.counters.as_dict()
+        status, _, body = paths.call(paths.fast, path)
+        after = cache.counters.as_dict()
+    assert status == "200 OK" and body.startswith(b"{")
+    assert paths.handed_over == 1
+    assert after["redis_errors"] == before["redis_errors"] + 1
+    assert cache.breaker.failures == 1
     assert after["bypasses"] == before["bypasses"] + 1 and after["hits"] == before["hits"]
