@@ -51,6 +51,7 @@ class ReadThrough:
         entry, a disabled cache, an open breaker, pending invalidations, or a Redis error
         (``read_through`` tries again and counts that failure once). An early refresh is
         handed to ``defer`` (the service's own by default)."""
+        # Whatever makes read_through skip Redis (its guards at the top) returns None here.
         if not self.enabled or self._pending or self.breaker.opened_at is not None:
             return None
         keys, args = self._read_keys(key, count_view)
