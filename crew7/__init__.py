@@ -27,6 +27,7 @@ def create_app(test_config=None):
     register_blueprints(app)
     register_hooks(app)
     register_commands(app)
+    register_fast_path(app)
     register_proxy_fix(app)
     return app
 
@@ -241,6 +242,13 @@ def register_commands(app):
     from crew7.cli import register_cli
 
     register_cli(app)
+
+
+def register_fast_path(app):
+    """Cached metadata documents answered before Flask (inside ProxyFix, like the app)."""
+    from crew7.metadata.fast_path import install
+
+    install(app)
 
 
 def register_proxy_fix(app):

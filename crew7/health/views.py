@@ -1,11 +1,15 @@
 """Liveness, readiness, and the benchmark baseline route."""
 
+import json
+
 from flask import Blueprint, Response, current_app, jsonify
+from flask_caching import Cache
 from sqlalchemy import text
 
 from crew7.errors import error_response
 from crew7.extensions import db
 from crew7.services.cache import get_cache_service
+from crew7.services.metadata import render_crew
 
 bp = Blueprint("health", __name__)
 
@@ -35,6 +39,26 @@ def readyz():
 
 
 bench_bp = Blueprint("bench", __name__, url_prefix="/bench")
+# The @memoize peer's Flask-Caching, as its users configure it (cachelib's pickle
+# serializer), on the app's Redis client under its own prefix.
+bench_cache = Cache()
+
+
+@bench_bp.record_once
+def _init_bench_cache(state):
+    config = state.app.config
+    bench_cache.init_app(
+        state.app,
+        config={
+            "CACHE_TYPE": config["CACHE_TYPE"],
+            "CACHE_REDIS_HOST": config["CACHE_REDIS_HOST"],
+            "CACHE_KEY_PREFIX": "bench:memoize:",
+            "CACHE_DEFAULT_TIMEOUT": 300,
+            "CACHE_SERIALIZER": None,  # not the app's: the backend's own (pickle)
+        },
+    )
+
+
 _STATIC = None
 
 
@@ -63,3 +87,22 @@ def redis_get(crew_id):
         mimetype="application/json",
         headers={"Access-Control-Allow-Origin": "*", "Cache-Control": "public, max-age=300"},
     )
+
+
+@bench_bp.get("/memoize/<int:crew_id>")
+def memoize_document(crew_id):
+    """The benchmark's peer: what a user of Flask-Caching would write, ``@memoize`` over
+    the same Redis around the document built from the database, served by ``jsonify``."""
+    document = _memoized_crew_document(crew_id)
+    if document is None:
+        return Response(b'{"error":"not found"}', status=404, mimetype="application/json")
+    response = jsonify(document)
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+@bench_cache.memoize(timeout=300)
+def _memoized_crew_document(crew_id):
+    body = render_crew(crew_id)
+    return None if body is None else json.loads(body)

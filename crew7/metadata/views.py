@@ -24,10 +24,26 @@ MAX_BATCH = 100
 REFRESH_HEADER = "X-Crew7-Refresh"
 
 
-def _etag(body):
+def etag_of(body):
     """A strong ETag: the MD5 of the bytes served (a digest, not a signature), which a
     front that serves the same bytes from Redis computes the same way."""
     return '"' + hashlib.md5(body, usedforsecurity=False).hexdigest() + '"'
+
+
+def not_modified(if_none_match, etag):
+    """Whether an If-None-Match header value names ``etag`` (or is ``*``)."""
+    if not if_none_match:
+        return False
+    return if_none_match.strip() == "*" or etag in (t.strip() for t in if_none_match.split(","))
+
+
+def document_headers(cache_control, etag):
+    """The headers of a document response, before its content type (a fresh list)."""
+    return [
+        ("Access-Control-Allow-Origin", "*"),
+        ("Cache-Control", cache_control),
+        ("ETag", etag),
+    ]
 
 
 @blp.record_once
@@ -42,14 +58,9 @@ def _derive_headers(state):
 def _document_response(body):
     if body == NOT_FOUND:
         abort(404, "no such public token")
-    etag = _etag(body)
-    headers = {
-        "Access-Control-Allow-Origin": "*",
-        "Cache-Control": current_app.extensions["crew7.cache_control"],
-        "ETag": etag,
-    }
-    inm = request.headers.get("If-None-Match")
-    if inm and (inm.strip() == "*" or etag in (t.strip() for t in inm.split(","))):
+    etag = etag_of(body)
+    headers = document_headers(current_app.extensions["crew7.cache_control"], etag)
+    if not_modified(request.headers.get("If-None-Match"), etag):
         return Response(status=304, headers=headers)
     return Response(body, mimetype="application/json", headers=headers)
 

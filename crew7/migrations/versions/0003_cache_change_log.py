@@ -27,6 +27,7 @@ def _run(action):
     for statement in json.loads(FROZEN.read_text())[action][bind.dialect.name]:
         bind.exec_driver_sql(statement)
 
+
 revision = "0003"
 down_revision = "0002"
 branch_labels = None

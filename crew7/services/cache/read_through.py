@@ -6,7 +6,7 @@ import os
 import random
 import time
 
-from crew7.services.cache.client import CacheUnavailable
+from crew7.services.cache.client import REDIS_ERRORS, CacheUnavailable
 from crew7.services.cache.documents import NOT_FOUND
 from crew7.services.cache.scripts import _fence_token, _lock_token, _text
 
@@ -32,29 +32,66 @@ class ReadThrough:
         if not self.enabled or not (self.trusted or self.regain_trust()):
             self.counters.record(family, "bypass")
             return self._compute(family, compute)
-        keys = [key]
-        args = ()
-        if count_view is not None and self.views is None:
-            keys.append(self.views_key())
-            args = (count_view, self.popularity_size)
+        keys, args = self._read_keys(key, count_view)
         try:
             reply = self._call(self.scripts.run, "read", keys, args)  # not _run: one frame less
         except CacheUnavailable:
             self.counters.record(family, "bypass")
             return self._compute(family, compute)
         if reply[0] == 1:
-            value, pttl = reply[1], reply[2]
-            self.counters.record(family, "hit")
-            if self.views is not None and count_view is not None and value != NOT_FOUND:
-                self.views.add(count_view)
-            if refresh or self._should_refresh_early(family, pttl):
-                self._schedule_early_refresh(family, key, compute, ttl)
+            value = reply[1]
+            self._served_hit(
+                family, key, value, reply[2], count_view, compute, ttl, refresh=refresh
+            )
             return value
         self.counters.record(family, "miss")
         value = self._fill(family, key, compute, ttl)
         if count_view is not None and value != NOT_FOUND:
             self.count_view(count_view)
         return value
+
+    def try_hit(self, family, key, compute, count_view=None, defer=None):
+        """The stored public document of ``key`` if this one round trip finds it, served
+        and counted exactly as ``read_through`` serves a hit; otherwise None, with nothing
+        recorded, and the caller answers through ``read_through``: on a miss, a negative
+        entry, a disabled cache, an untrusted Redis (``regain_trust``), an open breaker,
+        pending invalidations, or a Redis error
+        (``read_through`` tries again and counts that failure once). An early refresh is
+        handed to ``defer`` (the service's own by default)."""
+        # Whatever makes read_through skip Redis (its guards at the top) returns None here:
+        # an untrusted Redis is caught up by read_through before it is read.
+        if (
+            not self.enabled
+            or not self.trusted
+            or self._pending
+            or self.breaker.opened_at is not None
+        ):
+            return None
+        keys, args = self._read_keys(key, count_view)
+        try:
+            reply = self.scripts.run("read", keys, args)
+        except REDIS_ERRORS:
+            return None
+        self.breaker.success()
+        if reply[0] != 1 or reply[1] == NOT_FOUND:
+            return None
+        value = reply[1]
+        self._served_hit(family, key, value, reply[2], count_view, compute, None, defer)
+        return value
+
+    def _read_keys(self, key, count_view):
+        if count_view is not None and self.views is None:
+            return [key, self._views_key], (count_view, self.popularity_size)
+        return [key], ()
+
+    def _served_hit(
+        self, family, key, value, pttl, count_view, compute, ttl, defer=None, refresh=False
+    ):
+        self.counters.record(family, "hit")
+        if self.views is not None and count_view is not None and value != NOT_FOUND:
+            self.views.add(count_view)
+        if refresh or self._should_refresh_early(family, pttl):
+            self._schedule_early_refresh(family, key, compute, ttl, defer)
 
     def fill_many(self, family, keys, compute_many, ttl=None):
         """Documents for many keys that missed, computed together: ``(values, outcomes)``,
@@ -250,7 +287,7 @@ class ReadThrough:
             pttl, self._delta[family], self.xfetch_beta, self.refresh_window, random.random()
         )
 
-    def _schedule_early_refresh(self, family, key, compute, ttl=None):
+    def _schedule_early_refresh(self, family, key, compute, ttl=None, defer=None):
         """Refresh after the response is sent, so no client waits on the computation."""
 
         def refresh():
@@ -259,7 +296,7 @@ class ReadThrough:
             except Exception:
                 log.exception("early refresh of %s failed", key)
 
-        self.defer(refresh)
+        (defer or self.defer)(refresh)
 
     def _refresh_early(self, family, key, compute, ttl=None):
         """Recompute a hot key before it expires; only the lock holder does it."""
