@@ -232,6 +232,10 @@ def sentinel_row(ctx):
         stack.callback(replica.close)
 
         def replicated():
+            # A relay applying the creation's entries after the writer did refuses a fill
+            # in flight: ask again until the document is cached.
+            if not master.exists(crew_key(cid)):
+                served.get(f"/metadata/crew/{cid}")
             return replica.exists(crew_key(cid)) and replica.get("changelog:applied") == (
                 master.get("changelog:applied")
             )
