@@ -79,6 +79,14 @@ ROWS = {
     "sql-outside": sql_rows,
     "stats-api": stats_rows,
     "control": lambda ctx: race_row("control", ctx),
+    # The same faults on a Sentinel master (a restart there is quick enough that the
+    # Sentinels keep it; the replica resynchronises from the emptied master).
+    **{
+        f"sentinel-{name}": (lambda ctx, name=name: race_row(name, ctx, "sentinel"))
+        for name in RACES
+        if name != "control"
+    },
+    "sentinel-freeze-kill-writer": lambda ctx: freeze_row(ctx, "sentinel"),
 }
 DATABASES = ("sqlite", "postgresql")
 

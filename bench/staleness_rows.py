@@ -72,6 +72,25 @@ def _redis(stack, *args):
     return server, client
 
 
+def _redis_on(topology, stack, *args):
+    """``(server the fault hits, its client, app settings)``: a standalone Redis, or the
+    master of a master + replica + 3 Sentinels (the app reaching it through them)."""
+    if topology == "standalone":
+        server, client = _redis(stack, *args)
+        return server, client, {}
+    sentinels = RedisSentinelSet.start()
+    stack.callback(sentinels.close)
+    client = redis.Redis.from_url(sentinels.master.url)
+    stack.callback(client.close)
+    for name, value in zip(args[::2], args[1::2], strict=True):
+        client.config_set(name.lstrip("-"), value)
+    settings = {
+        "REDIS_SENTINELS": sentinels.sentinels_setting,
+        "REDIS_SENTINEL_MASTER": sentinels.master_name,
+    }
+    return sentinels.master, client, settings
+
+
 # -- a fill held at the worst moment ------------------------------------------------------
 
 
@@ -134,11 +153,11 @@ RACES = {
 }
 
 
-def race_row(name, ctx):
+def race_row(name, ctx, topology="standalone"):
     title, delay, args, make_fault = RACES[name]
     with ExitStack() as stack:
-        server, client = _redis(stack, *args)
-        _, served = _serve(ctx, stack, server.url, CACHE_FILL_DELAY=delay)
+        server, client, settings = _redis_on(topology, stack, *args)
+        _, served = _serve(ctx, stack, server.url, CACHE_FILL_DELAY=delay, **settings)
         cid, cleared, (status, doc) = held_fill_race(served, client, make_fault(server, client))
         reader = doc.get("name") if status == 200 and doc else status
         polls = poll(
@@ -149,7 +168,7 @@ def race_row(name, ctx):
                 name,
                 title,
                 ctx,
-                "standalone",
+                topology,
                 summary(polls),
                 ZERO,
                 fill_delay_s=delay,
@@ -162,14 +181,14 @@ def race_row(name, ctx):
 # -- an invalidation lost with its writer ------------------------------------------------
 
 
-def freeze_row(ctx):
+def freeze_row(ctx, topology="standalone"):
     title = (
         "Redis frozen (SIGSTOP), the rename acknowledged, the writing gunicorn worker killed "
         "(SIGKILL) before Redis thawed"
     )
     with ExitStack() as stack:
-        server, client = _redis(stack)
-        _, served = _serve(ctx, stack, server.url)
+        server, client, settings = _redis_on(topology, stack)
+        _, served = _serve(ctx, stack, server.url, **settings)
         crew, _ = served.create_crew("Before", agents=1)
         cid = crew["id"]
         for _ in range(2):
@@ -194,7 +213,7 @@ def freeze_row(ctx):
                 "freeze-kill-writer",
                 title,
                 ctx,
-                "standalone",
+                topology,
                 summary(polls),
                 WITHIN_1S,
                 killed_worker=writer,
