@@ -13,6 +13,8 @@ Every document is cached before a run (checked with MGET) and every run counts t
 documents the app computed during it (trace lines; 0: all hits) and the front hits it
 counted (the ``front:hits`` hash its workers flush to Redis). CPU per request: gunicorn's
 workers, the front's nginx (its master and workers, children of this bench) and Redis.
+The closed loop is wrk's (-t1, 16 connections): how busy the machine was during the front's
+runs says whether its figures are the machine's limit (front_note).
 """
 
 from __future__ import annotations
@@ -224,3 +226,26 @@ def front_runs(front, rep, out):
             w["front_cycle"]["cpu_us_per_req"], w["hits_cycle"]["cpu_us_per_req"]
         ),
     }
+
+
+def front_note(repetitions):
+    """What bounds the front's figures, from how busy the machine was during its runs."""
+    busy = sorted(
+        r["wrk"][n]["machine_cpu"]["machine_busy"]
+        for r in repetitions
+        for n in ("front_cycle", "front_hot")
+    )
+    if not busy:
+        return None
+    low, high = busy[0], busy[-1]
+    if low >= 0.9:
+        return (
+            f"front figures are lower bounds: the machine was {low:.0%}-{high:.0%} busy during "
+            "the front's runs (nginx, Redis and wrk share the two cores)"
+        )
+    return (
+        f"the front's figures are those of wrk's closed loop (one thread, 16 connections, "
+        f"kept alive), not the machine's limit: it was {low:.0%}-{high:.0%} busy during the "
+        "front's runs (nginx, Redis and wrk on the two cores); each request waits for "
+        "nginx's round trip to Redis"
+    )

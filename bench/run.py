@@ -61,7 +61,7 @@ from common import (  # noqa: E402
     wrk,
     wrk_script,
 )
-from front_bench import Front, front_runs  # noqa: E402
+from front_bench import Front, front_note, front_runs  # noqa: E402
 from loadgen import run_fixed_rate, summarize_latencies  # noqa: E402
 
 from crew7.services.cache import document_key  # noqa: E402
@@ -984,18 +984,22 @@ def front_markdown(doc):
     def per(name, metric):
         return fmt_spread(spread([r["wrk"][name].get(metric) for r in reps]))
 
+    def busy(name):
+        return pct(spread([r["wrk"][name]["machine_cpu"]["machine_busy"] for r in reps]))
+
     lines = [
         "",
         "## The front (nginx + Lua reading Redis) against the direct hit",
         "",
         "The front rendered by `flask nginx-config` (2 nginx workers, the per-client rate "
         "limit raised for the load generator) in front of the cache-on gunicorn, reading the "
-        "same Redis. CPU per request of each process group, medians [min-max]; the front's "
-        "figures are lower bounds (nginx, wrk and Redis saturate the two cores).",
+        "same Redis. CPU per request of each process group, medians [min-max]; "
+        "`machine busy`: the share of the two cores in use during the run (a front below "
+        "100% is held by wrk's closed loop of 16 connections, not by the CPUs).",
         "",
         "| scenario | req/s | p99 ms | nginx µs/req | gunicorn µs/req | Redis µs/req | "
-        "front hits counted / requests | computed |",
-        "|---|---|---|---|---|---|---|---|",
+        "front hits counted / requests | computed | machine busy |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in names:
         counted = sum(r["wrk"][name].get("front_hits", 0) for r in reps)
@@ -1007,7 +1011,7 @@ def front_markdown(doc):
             f"| {name} | {fmt_spread(s[name]['rps'])} | {fmt_spread(s[name]['p99_ms'])} | "
             f"{nginx} | {app} | "
             f"{per(name, 'redis_cpu_us_per_req') if name != 'hits' else '-'} | "
-            f"{fmt(counted)} / {fmt(total)} | {fmt(computed)} |"
+            f"{fmt(counted)} / {fmt(total)} | {fmt(computed)} | {busy(name)} |"
         )
     st = doc.get("front_staleness")
     if st:
@@ -1188,11 +1192,7 @@ def main():
         log("staleness through the front")
         front_staleness = bench.front.staleness()
         cycle_n = len(data["cycle_crew_ids"])
-        notes.append(
-            "front figures are lower bounds: nginx, wrk and Redis share the two cores, which "
-            "they saturate (wrk keeps its connections to nginx alive; gunicorn's sync workers "
-            "close each one)"
-        )
+        notes.append(front_note(repetitions))
         if cycle_n < 10_000:
             notes.append(
                 f"scale {scale}: the crew cycle (hits_cycle, front_cycle) is every public crew "
