@@ -332,16 +332,23 @@ end
 """
 
 
-def wrk_script(path: str, paths: list[str] | None = None, seed: int = 7) -> str:
-    """Write a wrk Lua script: a fixed path, or a random one of ``paths`` per request."""
+def wrk_script(path: str, paths: list[str] | None = None, seed: int = 7, cycle=False) -> str:
+    """Write a wrk Lua script: a fixed path, or a random one of ``paths`` per request, or
+    (cycle) each of ``paths`` in turn, so every one is requested once per cycle (wrk -t1:
+    one thread, one counter)."""
     lines = []
     if paths:
         quoted = ",\n".join(json.dumps(p) for p in paths)
         lines.append(f"local paths = {{\n{quoted}\n}}")
         lines.append(f"math.randomseed({seed})")
         lines.append("local n = #paths")
+        lines.append("local i = 0")
         lines.append("request = function()")
-        lines.append('  return wrk.format("GET", paths[math.random(n)])')
+        if cycle:
+            lines.append("  i = i % n + 1")
+            lines.append('  return wrk.format("GET", paths[i])')
+        else:
+            lines.append('  return wrk.format("GET", paths[math.random(n)])')
         lines.append("end")
     lines.append(_DONE_LUA)
     with open(path, "w", encoding="utf-8") as fh:

@@ -1,9 +1,9 @@
 """What a client sees through nginx right after a crew changes: the staleness timeline.
 
 Starts its own Redis, the app under gunicorn (as deploy/boot.sh runs it) on SQLite or
-PostgreSQL, and nginx with the rendered deploy/nginx.conf (or the version of it at a git
-revision), all on 127.0.0.1. Through nginx it creates a crew, reads its document twice,
-then:
+PostgreSQL, and the front (`flask nginx-config`, crew7/front: nginx + Lua reading the
+documents from that Redis) or, with --conf-rev, an older hand-written deploy/nginx.conf,
+all on 127.0.0.1. Through nginx it creates a crew, reads its document twice, then:
 
 1. renames it (PATCH name, acknowledged with 200) and polls the document;
 2. makes it private (PATCH is_public false) and polls;
@@ -11,9 +11,10 @@ then:
 
 every 0.25 s for 10 s each, printing each poll's status and name, then a summary: how
 many polls showed what the app no longer serves, and when the last one did.
+``make bench`` runs the same steps through its own front (bench/run.py, staleness_steps).
 
-    .venv/bin/python bench/nginx_staleness.py                  # deploy/nginx.conf
-    .venv/bin/python bench/nginx_staleness.py --conf-rev 5fc307c   # an older one
+    .venv/bin/python bench/nginx_staleness.py                  # the front, with Redis
+    .venv/bin/python bench/nginx_staleness.py --conf-rev 5fc307c   # an older nginx.conf
     .venv/bin/python bench/nginx_staleness.py --db postgresql --interval 0.25 --duration 10
 
 Bounded (every request has a 5 s timeout); stops what it started, by pid.
@@ -57,20 +58,38 @@ STEPS = (
 )
 
 
-def poll(port, path, expect, interval, duration):
-    """Poll path every interval for duration: the rows and how many were stale."""
+def poll(port, path, expect, interval, count):
+    """Poll path count times, every interval, from now: one row per poll
+    (t, status, name, x-cache-status, as the app serves it)."""
     rows, start = [], time.monotonic()
-    for n in range(int(round(duration / interval))):
+    for n in range(count):
         delay = start + n * interval - time.monotonic()
         if delay > 0:
             time.sleep(delay)
         t = time.monotonic() - start
-        status, headers, data = request(port, "GET", path)
+        try:
+            status, headers, data = request(port, "GET", path, timeout=5)
+        except OSError:  # no answer: not what the app serves
+            status, headers, data = 0, {}, b""
         name = None
         if headers.get("content-type", "").startswith("application/json") and status == 200:
             name = json.loads(data).get("name")
         rows.append((t, status, name, headers.get("x-cache-status", "-"), expect(status, name)))
     return rows
+
+
+def staleness_steps(port, path, write, interval, count):
+    """The STEPS on one public crew named Old Name whose document ``path`` is cached:
+    each change made by ``write(change)`` (which returns once the app answered 200), then
+    ``count`` polls of ``path`` through nginx at ``port`` every ``interval`` s, the first
+    right after the write. One dict per step: its title, rows and stale polls."""
+    out = []
+    for title, change, fresh in STEPS:
+        write(change)
+        rows = poll(port, path, fresh, interval, count)
+        stale = [t for t, *_, ok in rows if not ok]
+        out.append({"title": title, "rows": rows, "polls": len(rows), "stale": len(stale)})
+    return out
 
 
 def report(title, rows):
@@ -122,7 +141,8 @@ def main(argv=None):
         boot_args = [word for option in boot_gunicorn_options() for word in option]
         gunicorn = GunicornServer(env, workers=2, extra_args=tuple(boot_args))
         upstream = f"127.0.0.1:{gunicorn.port}"
-        with running_nginx(upstream, conf_text=conf_text) as port:
+        redis_addr = None if conf_text else f"127.0.0.1:{redis_server.port}"
+        with running_nginx(upstream, conf_text=conf_text, redis=redis_addr, env=env) as port:
 
             def call(method, path, body):
                 status, _, data = request(port, method, path, body, auth)
@@ -133,14 +153,21 @@ def main(argv=None):
             path = f"/metadata/crew/{crew['id']}"
             for _ in range(2):
                 request(port, "GET", path)
-            conf = f"deploy/nginx.conf at {args.conf_rev}" if args.conf_rev else "deploy/nginx.conf"
+            conf = (
+                f"deploy/nginx.conf at {args.conf_rev}"
+                if args.conf_rev
+                else "the front (flask nginx-config) with Redis"
+            )
             print(f"# {conf}, {args.db}, GET {path} every {args.interval} s for {args.duration} s")
-
-            summaries = []
-            for title, change, fresh in STEPS:
-                call("PATCH", f"/crews/{crew['id']}", change)
-                rows = poll(port, path, fresh, args.interval, args.duration)
-                summaries.append(report(title, rows))
+            count = int(round(args.duration / args.interval))
+            steps = staleness_steps(
+                port,
+                path,
+                lambda change: call("PATCH", f"/crews/{crew['id']}", change),
+                args.interval,
+                count,
+            )
+            summaries = [report(step["title"], step["rows"]) for step in steps]
             print("\n# summary (" + conf + ")")
             for line in summaries:
                 print(line)

@@ -61,6 +61,7 @@ from common import (  # noqa: E402
     wrk,
     wrk_script,
 )
+from front_bench import Front, front_note, front_runs  # noqa: E402
 from loadgen import run_fixed_rate, summarize_latencies  # noqa: E402
 
 from crew7.services.cache import document_key  # noqa: E402
@@ -128,7 +129,19 @@ TARGETS = {
     "redis_get_over_baseline_rps": (None, None, "one bare Redis GET route / bare route"),
     "hit_over_redis_get_rps": (None, None, "cache hit throughput / one bare Redis GET route"),
     "miss_history_p50_ratio": (None, None, "p50 latency of a miss: largest history / 10 runs"),
+    "front_cycle_over_hits_cycle_rps": (
+        ">=",
+        15.0,
+        "throughput through the front (nginx + Lua) / straight to gunicorn, same crew cycle",
+    ),
+    "front_hot_over_hits_rps": (None, None, "front throughput on 10 hot crews / direct hits"),
+    "front_cycle_cpu_over_hits_cycle_cpu": (
+        None,
+        None,
+        "server CPU per request through the front (nginx + app) / direct (gunicorn)",
+    ),
 }
+FRONT_STALE_TARGET = 0  # stale polls through the front after a rename and a privacy flip
 
 
 # --------------------------------------------------------------------------
@@ -194,6 +207,7 @@ def seed(stack, cfg):
                 "UNION ALL SELECT 'agents', count(*) FROM agents"
             ).fetchall()
         )
+        cycle_ids = [r[0] for r in conn.execute("SELECT id FROM crews WHERE is_public ORDER BY id")]
         stats_ok = conn.execute(
             "SELECT count(*) FROM crews c JOIN crew_stats s ON s.crew_id = c.id "
             "WHERE s.total_runs = (SELECT count(*) FROM runs r WHERE r.crew_id = c.id) "
@@ -205,6 +219,7 @@ def seed(stack, cfg):
     return {
         "demo": demo,
         "main_crew_ids": crew_ids,
+        "cycle_crew_ids": cycle_ids,
         "history": dict(zip(cfg["history"], history["crew_ids"], strict=True)),
         "filler_crews": filler_count if filler else 0,
         "totals": counts,
@@ -232,11 +247,9 @@ class Bench:
         self.hit_ids = data["main_crew_ids"]
         self.scripts = os.path.join(stack.tmpdir, "lua")
         os.makedirs(self.scripts, exist_ok=True)
-        self.hits_srv = Gunicorn(
-            "cache-on",
-            app_env(stack, BENCH_ROUTES=True, CACHE_TRACE=True),
-            logdir=stack.tmpdir,
-        )
+        self.hits_srv_env = app_env(stack, BENCH_ROUTES=True, CACHE_TRACE=True)
+        self.hits_srv = Gunicorn("cache-on", self.hits_srv_env, logdir=stack.tmpdir)
+        self.front = None
         try:
             self.miss_srv = Gunicorn(
                 "cache-off",
@@ -294,10 +307,19 @@ class Bench:
                 f"/metadata/crew/{crew_id}, cache off, a crew with {runs:,} runs",
             )
 
-    def _script(self, name, paths):
-        return wrk_script(os.path.join(self.scripts, f"{name}.lua"), paths)
+    def _script(self, name, paths, cycle=False):
+        return wrk_script(os.path.join(self.scripts, f"{name}.lua"), paths, cycle=cycle)
+
+    def start_front(self):
+        """The front (nginx + Lua) before hits_srv, reading the bench's Redis."""
+        self.front = Front(self, self.data["cycle_crew_ids"])
 
     def close(self):
+        if self.front is not None:
+            try:
+                self.front.close()
+            except Exception as exc:
+                log(f"stopping the front failed: {exc}")
         for srv in (self.hits_srv, self.miss_srv):
             try:
                 srv.stop()
@@ -598,7 +620,7 @@ def repetition(bench, rep, burst_crew):
         f"  rep {rep} cold batch of {c['crews']}: {c['batch_ms']} ms, singles {c['singles_ms']} "
         f"ms, ratio {c['ratio']:.2f}"
     )
-    out["front"] = front_scenarios(bench, rep)
+    out["front"] = front_scenarios(bench, rep, out)
     out["ratios"] = ratios(out, bench.data["history"])
     log(
         f"  rep {rep} ratios: "
@@ -607,13 +629,14 @@ def repetition(bench, rep, burst_crew):
     return out
 
 
-def front_scenarios(bench, rep):
-    """Hits through a front that reads Redis itself (nginx + Lua), against the direct hit
-    in the same repetition: on a 10,000-crew cycle and on 10 hot crews. Not measured yet:
-    a front started here (by pid, on 127.0.0.1, in front of ``bench.hits_srv``) adds its
-    wrk runs to this repetition's ``wrk`` table beside ``hits`` and returns its ratios,
-    which ``ratios()`` then reports."""
-    return {}
+def front_scenarios(bench, rep, out):
+    """Hits through a front that reads Redis itself (nginx + Lua, bench/front_bench.py),
+    against the direct hit in the same repetition: on a cycle of every public crew
+    (10,000 at full scale) and on 10 hot crews. Its wrk runs go into ``out['wrk']`` beside
+    ``hits``; its ratios are returned, and ``ratios()`` reports them."""
+    if bench.front is None:
+        bench.start_front()
+    return front_runs(bench.front, rep, out)
 
 
 def ratios(rep, history):
@@ -801,6 +824,7 @@ def write_markdown(path, doc):
         "hit_cpu_over_redis_get_cpu": ("hits", "redis_get"),
         "hit_cpu_over_memoize_cpu": ("hits", "memoize"),
         "batch_over_single_docs": ("batch", "hits"),
+        "front_cycle_over_hits_cycle_rps": ("front_cycle", "hits_cycle"),
         "miss_history_cost": (
             f"miss_history_{cfg['history_smallest']}",
             f"miss_history_{cfg['history_largest']}",
@@ -847,10 +871,12 @@ def write_markdown(path, doc):
         + ". Computations on the cache-on server during `hits`/`redis_get`/`batch` runs: "
         + ", ".join(
             f"{n} {sum(r['wrk'][n].get('computations', 0) for r in doc['repetitions'])}"
-            for n in ("hits", "redis_get", "batch")
+            for n in ("hits", "redis_get", "batch", "hits_cycle", "front_cycle", "front_hot")
+            if n in s["wrk"]
         )
         + " (0 means every request was a hit)."
     )
+    lines += front_markdown(doc)
     lines += [
         "",
         f"## Fixed rate, open loop ({cfg['rate_fraction']:g} x closed-loop throughput of the "
@@ -947,6 +973,65 @@ def write_markdown(path, doc):
     Path(path).write_text("\n".join(lines), encoding="utf-8")
 
 
+def front_markdown(doc):
+    """The front's section: CPU per request by process, hits it counted, staleness."""
+    s = doc["summary"]["wrk"]
+    names = [n for n in ("hits", "hits_cycle", "front_cycle", "front_hot") if n in s]
+    if "front_cycle" not in s:
+        return []
+    reps = doc["repetitions"]
+
+    def per(name, metric):
+        return fmt_spread(spread([r["wrk"][name].get(metric) for r in reps]))
+
+    def busy(name):
+        return pct(spread([r["wrk"][name]["machine_cpu"]["machine_busy"] for r in reps]))
+
+    lines = [
+        "",
+        "## The front (nginx + Lua reading Redis) against the direct hit",
+        "",
+        "The front rendered by `flask nginx-config` (2 nginx workers, the per-client rate "
+        "limit raised for the load generator) in front of the cache-on gunicorn, reading the "
+        "same Redis. CPU per request of each process group, medians [min-max]; "
+        "`machine busy`: the share of the two cores in use during the run (a front below "
+        "100% is held by wrk's closed loop of 16 connections, not by the CPUs).",
+        "",
+        "| scenario | req/s | p99 ms | nginx µs/req | gunicorn µs/req | Redis µs/req | "
+        "front hits counted / requests | computed | machine busy |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        counted = sum(r["wrk"][name].get("front_hits", 0) for r in reps)
+        total = sum(r["wrk"][name]["requests"] for r in reps)
+        computed = sum(r["wrk"][name].get("computations", 0) for r in reps)
+        nginx = per(name, "nginx_cpu_us_per_req") if name.startswith("front") else "-"
+        app = per(name, "app_cpu_us_per_req" if name != "hits" else "cpu_us_per_req")
+        lines.append(
+            f"| {name} | {fmt_spread(s[name]['rps'])} | {fmt_spread(s[name]['p99_ms'])} | "
+            f"{nginx} | {app} | "
+            f"{per(name, 'redis_cpu_us_per_req') if name != 'hits' else '-'} | "
+            f"{fmt(counted)} / {fmt(total)} | {fmt(computed)} | {busy(name)} |"
+        )
+    st = doc.get("front_staleness")
+    if st:
+        lines += [
+            "",
+            f"Staleness through the front (crew {st['crew_id']}): each change written to the "
+            f"app (200), then {st['steps'][0]['polls']} polls through the front every "
+            f"{st['interval_s']:g} s, the first right after the write.",
+            "",
+            "| after | polls | stale | first poll (s after the write): status |",
+            "|---|---|---|---|",
+        ]
+        for step in st["steps"]:
+            t, status = step["rows"][0][0], step["rows"][0][1]
+            lines.append(
+                f"| {step['title']} | {step['polls']} | {step['stale']} | {t:.3f}: {status} |"
+            )
+    return lines
+
+
 def warm_cache_verdict(warm):
     """The judged ``flask warm-cache`` run: the largest limit timed (10,000 at full
     scale), its median seconds, and PASS/FAIL against WARM_TARGET_SECONDS."""
@@ -971,12 +1056,23 @@ def target_lines(doc):
     lines = []
     for name, label in (
         ("hit_cpu_over_redis_get_cpu", "hit CPU per request / plain-GET route's"),
+        (
+            "front_cycle_over_hits_cycle_rps",
+            "throughput through the front / straight to gunicorn, same crew cycle",
+        ),
         ("cold_batch_over_singles", f"{BATCH_SIZE} cold single misses / one cold batch"),
         ("burst_computations", f"computations for {BURST_CONCURRENCY} concurrent cold requests"),
     ):
         r = s.get(name)
         if r and r.get("verdict"):
             lines.append(f"- **{r['verdict']}** {label}: {fmt_spread(r)} (target {r['target']})")
+    st = doc.get("front_staleness")
+    if st:
+        verdict = "PASS" if st["stale"] <= FRONT_STALE_TARGET else "FAIL"
+        lines.append(
+            f"- **{verdict}** stale reads through the front after a rename, a privacy flip "
+            f"and back: {st['stale']} of {st['polls']} polls (target {FRONT_STALE_TARGET})"
+        )
     w = doc.get("warm_cache_target")
     if w:
         note = "" if w["limit"] >= WARM_TARGET_LIMIT else " (this scale's largest limit)"
@@ -1000,12 +1096,17 @@ def write_png(path, doc):
     lows = [m - s["wrk"][n]["rps"]["min"] for n, m in zip(names, meds, strict=True)]
     highs = [s["wrk"][n]["rps"]["max"] - m for n, m in zip(names, meds, strict=True)]
     judged = [n for n, r in s["ratios"].items() if r.get("target")]
-    fig = plt.figure(figsize=(13, 8.5))
+    fig = plt.figure(figsize=(14, 8.5))
     grid = fig.add_gridspec(2, len(judged))
     ax = fig.add_subplot(grid[0, :])
-    colors = ["#888888", "#4c72b0", "#55a868", "#c44e52", "#8172b2"] + ["#dd8452"] * 8
-    ax.bar(names, meds, yerr=[lows, highs], capsize=4, color=colors[: len(names)])
-    ax.set_ylabel("requests/s (median, min-max)")
+    palette = {"baseline": "#888888", "redis_get": "#4c72b0", "hits": "#55a868"}
+    palette.update({"memoize": "#8172b2", "misses": "#c44e52", "hits_cycle": "#55a868"})
+    palette.update({"front_cycle": "#2a9d8f", "front_hot": "#2a9d8f"})
+    colors = [palette.get(n, "#dd8452") for n in names]
+    ax.bar(names, meds, yerr=[lows, highs], capsize=4, color=colors)
+    # The front serves tens of times the direct hit's throughput, the database a tenth.
+    ax.set_yscale("log")
+    ax.set_ylabel("requests/s (median, min-max; log scale)")
     ax.set_title(
         f"crew7 bench {doc['started']} UTC, scale {doc['config']['scale']}, "
         f"{doc['config']['reps_done']} repetitions (wrk -t1 -c{doc['config']['connections']})"
@@ -1014,13 +1115,12 @@ def write_png(path, doc):
     for n, m in zip(names, meds, strict=True):
         ax.annotate(
             f"{m:,.0f}",
-            (n, 0),
-            xytext=(0, 4),
+            (n, m),
+            xytext=(0, 2),
             textcoords="offset points",
             ha="center",
             va="bottom",
             fontsize=8,
-            color="white",
             fontweight="bold",
         )
     for k, name in enumerate(judged):
@@ -1089,6 +1189,15 @@ def main():
                 break
             log(f"repetition {rep + 1}/{reps}")
             repetitions.append(repetition(bench, rep, main_ids[-1 - rep]))
+        log("staleness through the front")
+        front_staleness = bench.front.staleness()
+        cycle_n = len(data["cycle_crew_ids"])
+        notes.append(front_note(repetitions))
+        if cycle_n < 10_000:
+            notes.append(
+                f"scale {scale}: the crew cycle (hits_cycle, front_cycle) is every public crew "
+                f"there is, {cycle_n:,}, not 10,000"
+            )
         warm = {}
         for limit in cfg["warm_limits"]:
             times = 1 if limit >= 10_000 else 3
@@ -1137,12 +1246,19 @@ def main():
                 "batch_size": BATCH_SIZE,
             },
             machine=machine,
-            data={k: v for k, v in data.items() if k != "main_crew_ids"},
-            scenarios={name: sc[2] for name, sc in bench.scenarios.items()},
+            data={
+                **{k: v for k, v in data.items() if not k.endswith("crew_ids")},
+                "cycle_crews": cycle_n,
+            },
+            scenarios={
+                **{name: sc[2] for name, sc in bench.scenarios.items()},
+                **{name: sc[3] for name, sc in bench.front.scenarios.items()},
+            },
             targets={k: {"cmp": v[0], "target": v[1], "what": v[2]} for k, v in TARGETS.items()},
             repetitions=repetitions,
             warm_cache=warm,
             warm_cache_target=warm_cache_verdict(warm),
+            front_staleness=front_staleness,
             summary=summary,
             notes=notes,
         )
