@@ -115,9 +115,11 @@ TARGETS = {
     ),
     "hit_over_memoize_rps": (None, None, "cache hit throughput / Flask-Caching @memoize route"),
     "hit_over_miss_rps": (None, None, "cache hit throughput / cache-off (database) throughput"),
+    # Single hits are answered before Flask (the fast path); a batch (a query string) goes
+    # through Flask: 20x, where 40x was set against hits that went through Flask too.
     "batch_over_single_docs": (
         ">=",
-        40.0,
+        20.0,
         "documents/s: batch of 100 / single-document hits",
     ),
     "miss_history_cost": (
