@@ -16,6 +16,7 @@ from tests.support.processes import wait_until
 from tests.support.servers import RedisSentinelSet, RedisServer
 from tests.support.staleness import (
     Served,
+    cache_document,
     crew_key,
     fence_key,
     held_fill_race,
@@ -191,9 +192,7 @@ def freeze_row(ctx, topology="standalone"):
         _, served = _serve(ctx, stack, server.url, **settings)
         crew, _ = served.create_crew("Before", agents=1)
         cid = crew["id"]
-        for _ in range(2):
-            served.get(f"/metadata/crew/{cid}")
-        wait_until(lambda: client.exists(crew_key(cid)), 5, "the document cached")
+        cache_document(served, client, cid)
         server.freeze()
         try:
             started = time.monotonic()

@@ -201,9 +201,7 @@ def test_writer_lost_its_invalidation_while_redis_was_frozen(app_factory, own_re
         get_relay(reader).stop()
 
 
-def test_a_process_reads_around_redis_until_the_log_is_applied(
-    app_factory, own_redis, outside_sql
-):
+def test_a_process_reads_around_redis_until_the_log_is_applied(app_factory, own_redis, outside_sql):
     """After a Redis error a process does not read Redis again until it has applied what
     the change log holds beyond Redis's watermark: here a rename made by SQL while Redis
     was frozen, which no relay delivered (none runs), is shown by the first read after."""

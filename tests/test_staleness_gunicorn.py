@@ -15,7 +15,14 @@ from tests.support.app import fresh_users
 from tests.support.ci import missing
 from tests.support.processes import wait_until
 from tests.support.servers import RedisSentinelSet, RedisServer, find_redis_server
-from tests.support.staleness import Served, crew_key, poll, renamed_back, summary
+from tests.support.staleness import (
+    Served,
+    cache_document,
+    crew_key,
+    poll,
+    renamed_back,
+    summary,
+)
 
 pytestmark = [pytest.mark.gunicorn, pytest.mark.slow]
 
@@ -40,8 +47,7 @@ def _served(database_url, redis_url, **settings):
 def _cached_crew(served, client):
     crew, _ = served.create_crew("Before", agents=1)
     cid = crew["id"]
-    served.get(f"/metadata/crew/{cid}")
-    wait_until(lambda: client.exists(crew_key(cid)), 5, "the document cached")
+    cache_document(served, client, cid)
     return cid
 
 

@@ -266,3 +266,16 @@ def held_fill_race(served, redis_client, fault, hold=0.3, settle=0.3, reader_tim
     if thread.is_alive():
         raise RuntimeError("the held reader did not answer")
     return cid, cleared, seen["answer"]
+
+
+def cache_document(served, client, cid, timeout=5):
+    """Request crew ``cid``'s document until Redis holds it: a relay applying the crew's
+    creation after the writer did refuses a fill in flight (its fence replaced)."""
+
+    def cached():
+        if client.exists(crew_key(cid)):
+            return True
+        served.get(f"/metadata/crew/{cid}")
+        return bool(client.exists(crew_key(cid)))
+
+    wait_until(cached, timeout, "the document cached", interval=0.1)
