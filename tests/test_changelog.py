@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+import redis
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.pool import NullPool
 
@@ -226,6 +227,97 @@ def test_a_process_reads_around_redis_until_the_log_is_applied(app_factory, own_
     assert cache.trusted
     hits = cache.counters.hits
     assert crew_name(client, cid) == "After" and cache.counters.hits == hits + 1
+
+
+def test_a_connection_lost_under_the_fast_path_is_caught_up_before_redis_is_read(
+    app_factory, own_redis, outside_sql
+):
+    """A Redis error the fast path meets, while the next call succeeds (as when a failover
+    breaks the connection and the pool finds the new master), makes the process catch the
+    change log up before it reads Redis again: a rename made meanwhile by SQL, which no
+    relay delivered, shows on that very request. Here Redis is busy (a script) for longer
+    than the socket timeout, and free again by the next call."""
+    from crew7.services.changelog import get_relay
+
+    app = app_factory(REDIS_URL=own_redis.url)
+    client = app.test_client()
+    user = make_user(app, "fay")
+    cid = seed_crew(client, user, agents=1)[0]["id"]
+    assert crew_name(client, cid) == "Research Crew"
+    assert crew_name(client, cid) == "Research Crew"  # a hit, answered by the fast path
+    get_relay(app).poll()
+    outside_sql("UPDATE crews SET name = 'After' WHERE id = :id", id=cid)
+    busy = threading.Thread(target=_busy_redis, args=(own_redis.url, 0.4))
+    busy.start()
+    with redis.Redis.from_url(own_redis.url, socket_timeout=0.02) as probe:
+        wait_until(lambda: _is_busy(probe), 2, "Redis busy with the script", interval=0.005)
+    try:
+        assert crew_name(client, cid) == "After"
+    finally:
+        busy.join(5)
+
+
+def _is_busy(probe):
+    try:
+        probe.ping()
+    except redis.TimeoutError:
+        return True
+    return False
+
+
+def _busy_redis(url, seconds):
+    """Keep Redis busy for ``seconds`` (a script spinning on TIME)."""
+    spin = """
+local t0 = redis.call('TIME')
+while true do
+  local t = redis.call('TIME')
+  if (t[1] - t0[1]) * 1000000 + (t[2] - t0[2]) > tonumber(ARGV[1]) then return 1 end
+end
+"""
+    with redis.Redis.from_url(url, socket_timeout=5) as r:
+        r.eval(spin, 0, int(seconds * 1_000_000))
+
+
+def test_a_batch_reads_nothing_from_an_untrusted_redis(app, client, alice, redis_client):
+    """While the change log cannot be caught up, a batch builds every document from the
+    database: what Redis holds may be what a lost invalidation left."""
+    cid = seed_crew(client, alice, agents=0)[0]["id"]
+    assert crew_name(client, cid) == "Research Crew"
+    cache = app.extensions["crew7.cache"]
+    stale = client.get(f"/metadata/crew/{cid}").get_data().replace(b"Research", b"Stale")
+    redis_client.set(cache.crew_key(cid), stale, ex=300)  # as a lost invalidation leaves it
+    cache.catch_up = lambda: False
+    cache.distrust()
+    assert body(client.get(f"/metadata/crews?ids={cid}"))[0]["name"] == "Research Crew"
+    assert crew_name(client, cid) == "Research Crew"
+
+
+def test_catching_up_applies_again_what_this_process_applied_above_the_watermark(
+    app, client, alice, redis_client
+):
+    """The watermark can stay below entries this process applied (an id missing below
+    them, a transaction still open on PostgreSQL). A Redis that comes back with that
+    watermark but without those invalidations (a replica promoted, a restore) is caught
+    up from its watermark, not from this process's cursor."""
+    from crew7.services.changelog import get_relay
+
+    relay = get_relay(app)
+    cid = seed_crew(client, alice, agents=0)[0]["id"]
+    assert crew_name(client, cid) == "Research Crew"
+    relay.poll()
+    held = int(redis_client.get("changelog:applied"))
+    old = redis_client.get(f"metadata:crew:{cid}")
+    r = client.patch(f"/crews/{cid}", json={"name": "After"}, headers=alice["headers"])
+    assert r.status_code == 200
+    relay.poll()
+    assert relay.cursor > held
+    # The watermark held at `held` (a gap below the rename's entries), the rename's
+    # invalidation lost with the server that took it.
+    redis_client.set("changelog:applied", held)
+    relay.mark_seen = held
+    redis_client.set(f"metadata:crew:{cid}", old, ex=300)
+    app.extensions["crew7.cache"].distrust()  # the error that came with the switch
+    assert crew_name(client, cid) == "After"
 
 
 # -- a lost watermark ------------------------------------------------------------------

@@ -81,6 +81,11 @@ class ChangeRelay:
         self.gap_wait = config["CACHE_CHANGELOG_GAP_WAIT"]
         self.cursor = None  # the highest id this process has read and applied
         self.mark_seen = None  # the highest watermark this process has seen in Redis
+        # After a Redis error (``rewind``) the next poll starts from Redis's watermark,
+        # not from this process's cursor, so what it applied above a held watermark is
+        # applied again: a server that came back, or took over, may lack it.
+        self._rewinds = 0  # requested
+        self._rewound = 0  # done by a poll that started after the request
         self.gaps = {}  # id -> monotonic time first seen missing
         self.applied = 0  # entries applied by this process
         self.replays = 0  # lost watermarks this process replayed from
@@ -136,8 +141,14 @@ class ChangeRelay:
             log.exception("cache change log relay: catching up failed")
             return False
 
+    def rewind(self):
+        """After a Redis error (``CacheService.on_distrust``): the next poll applies every
+        entry after Redis's watermark, including those this process applied above it."""
+        self._rewinds += 1
+
     def _poll(self):
         cache = get_cache_service(self.app)
+        requested = self._rewinds
         try:
             mark = cache.changelog_watermark()
         except CacheUnavailable:
@@ -153,12 +164,15 @@ class ChangeRelay:
                 # a warming that followed it) would only refuse fresh fills.
                 return None
         try:
-            return self._poll_from(cache, mark)
+            applied = self._poll_from(cache, mark, rewind=self._rewound < requested)
+            if applied is not None:
+                self._rewound = max(self._rewound, requested)
+            return applied
         finally:
             if replay:
                 cache.release(cache.replay_key())
 
-    def _poll_from(self, cache, mark):
+    def _poll_from(self, cache, mark, rewind=False):
         replay = mark is None
         with self.engine().connect() as conn:
             if replay:
@@ -175,8 +189,10 @@ class ChangeRelay:
                     mark,
                 )
                 replay, cursor, gaps = True, mark, {}
+            elif rewind or self.cursor is None:
+                cursor, gaps = mark, {i: t for i, t in self.gaps.items() if i > mark}
             else:
-                cursor = mark if self.cursor is None else max(self.cursor, mark)
+                cursor = max(self.cursor, mark)
                 gaps = {i: t for i, t in self.gaps.items() if i > mark}
             rows = _entries_after(conn, cursor)
             filled = []
@@ -363,7 +379,9 @@ def get_relay(app):
 def init_app(app):
     """The app's relay; the cache catches up through it before it trusts Redis again."""
     relay = app.extensions["crew7.changelog"] = ChangeRelay(app)
-    get_cache_service(app).catch_up = relay.catch_up
+    cache = get_cache_service(app)
+    cache.catch_up = relay.catch_up
+    cache.on_distrust = relay.rewind
 
 
 def start_relay(app, first_poll=True):

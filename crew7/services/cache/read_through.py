@@ -71,6 +71,9 @@ class ReadThrough:
         try:
             reply = self.scripts.run("read", keys, args)
         except REDIS_ERRORS:
+            # Read around Redis until caught up: the connection may come back to another
+            # server (a failover) that lacks invalidations. read_through counts the error.
+            self.distrust()
             return None
         self.breaker.success()
         if reply[0] != 1 or reply[1] == NOT_FOUND:
@@ -105,6 +108,9 @@ class ReadThrough:
         they are; keys another process is computing are waited for one by one, as a
         single miss waits. Raises CacheUnavailable when Redis fails.
         """
+        if not (self.trusted or self.regain_trust()):
+            # What a lock step finds present could be what a lost invalidation left.
+            raise CacheUnavailable("Redis not trusted until the change log is caught up")
         token = _lock_token()
         replies = self._acquire_many(keys, token)
         values, outcomes, mine, held = {}, {}, {}, []

@@ -78,6 +78,7 @@ class CacheService(ReadThrough, Invalidation, Popularity):
         # they are applied this process reads around it (the database) and fills nothing.
         self.trusted = True
         self.catch_up = None
+        self.on_distrust = None  # the app's relay: apply again from Redis's watermark
         self._distrusts = 0
         self._trust_lock = threading.Lock()
         self._pending = set()
@@ -168,9 +169,12 @@ class CacheService(ReadThrough, Invalidation, Popularity):
 
     # -- trust ------------------------------------------------------------------
     def distrust(self):
-        """Read around Redis until ``regain_trust`` succeeds (after any Redis error)."""
-        self.trusted = False
+        """Read around Redis until ``regain_trust`` succeeds (after any Redis error). The
+        count moves first, so a catch-up running meanwhile cannot restore trust over it."""
         self._distrusts += 1
+        self.trusted = False
+        if self.on_distrust is not None:
+            self.on_distrust()
 
     def regain_trust(self):
         """Catch up with the change log (``catch_up``), then read Redis again: True when
@@ -181,6 +185,8 @@ class CacheService(ReadThrough, Invalidation, Popularity):
             seen = self._distrusts
             if (self.catch_up is None or self.catch_up()) and seen == self._distrusts:
                 self.trusted = True
+                if seen != self._distrusts:  # an error came between the check and the set
+                    self.trusted = False
             return self.trusted
         finally:
             self._trust_lock.release()
