@@ -554,3 +554,22 @@ def test_one_process_replays_while_the_others_wait(app_factory, redis_client):
     redis_client.delete("changelog:replaying")
     assert relay.start_up() is True and relay.last_replay["entries"] >= 4
     assert not redis_client.exists("changelog:replaying")
+
+
+def test_a_claim_taken_after_another_process_replayed_does_not_replay_again(
+    app_factory, redis_client
+):
+    """Two processes find no watermark; one replays and releases the claim; the other's
+    claim, taken just after, reads the watermark again and does not replay (a second
+    replay would refuse the fills of the warming that followed the first)."""
+    from crew7.services.changelog import get_relay
+
+    first, second = app_factory(), app_factory()
+    user = make_user(first, "gus")
+    seed_crew(first.test_client(), user, agents=1)
+    redis_client.delete("changelog:applied")
+    assert get_relay(first).poll() >= 1  # the replay
+    mark = int(redis_client.get("changelog:applied"))
+    cache = second.extensions["crew7.cache"]
+    assert get_relay(second)._claim_replay(cache) == mark
+    assert not redis_client.exists("changelog:replaying")

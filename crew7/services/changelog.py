@@ -2,22 +2,18 @@
 ``cache_changes`` (``crew7.changelog_triggers``) become invalidations, applied until
 Redis has them.
 
-Each poll reads the entries after the watermark (``changelog:applied`` in Redis: the
-last entry whose invalidations are applied), expands them into keys, invalidates those
-keys, and only then raises the watermark. A poll is one indexed query
-(``WHERE id > :cursor ORDER BY id LIMIT 1000``) plus one to find the agents of changed
-crews when there are any; an idle poll is that query and one GET. Invalidation is
-idempotent, so several processes may relay at once.
+Each poll reads the entries after the watermark (``changelog:applied``: the last entry
+whose invalidations are applied) with one indexed query (plus one for the agents of
+changed crews), invalidates their keys, and only then raises the watermark. Invalidation
+is idempotent, so several processes may relay at once.
 
-Ids are taken at insert and committed in any order on PostgreSQL: an id missing below
-newer entries may belong to a transaction still open. The watermark stays below such a
-gap (this process remembers what it applied above it, so nothing is applied twice by
-it) until the entry appears or ``CACHE_CHANGELOG_GAP_WAIT`` passes (a rollback leaves
-the gap for ever).
+Ids are committed in any order on PostgreSQL: an id missing below newer entries may
+belong to a transaction still open. The watermark stays below such a gap until the entry
+appears or ``CACHE_CHANGELOG_GAP_WAIT`` passes (a rollback leaves the gap for ever).
 
-A missing watermark (Redis restarted, flushed, or a replica that lagged promoted) replays
-every entry newer than the longest TTL plus a margin: a document cached before that has
-expired since.
+A missing watermark (Redis restarted or flushed) replays every entry newer than the
+longest TTL plus a margin; a lower one than this process saw (a lagging replica promoted)
+and any Redis error make the next poll apply everything after Redis's watermark again.
 
 Runs in every serving process (a daemon thread started by gunicorn's
 ``post_worker_init``, see ``start_relay``), and right after a writer's own invalidations
@@ -81,11 +77,8 @@ class ChangeRelay:
         self.gap_wait = config["CACHE_CHANGELOG_GAP_WAIT"]
         self.cursor = None  # the highest id this process has read and applied
         self.mark_seen = None  # the highest watermark this process has seen in Redis
-        # After a Redis error (``rewind``) the next poll starts from Redis's watermark,
-        # not from this process's cursor, so what it applied above a held watermark is
-        # applied again: a server that came back, or took over, may lack it.
-        self._rewinds = 0  # requested
-        self._rewound = 0  # done by a poll that started after the request
+        # Rewinds (``rewind``) requested, and done by a poll started after the request.
+        self._rewinds = self._rewound = 0
         self.gaps = {}  # id -> monotonic time first seen missing
         self.applied = 0  # entries applied by this process
         self.replays = 0  # lost watermarks this process replayed from
@@ -117,8 +110,8 @@ class ChangeRelay:
         return self._locked_poll(blocking) or 0
 
     def _locked_poll(self, blocking=True):
-        """As ``poll``, but None when nothing could be applied: Redis did not answer,
-        another process replays, or another thread of this one is polling."""
+        """As ``poll``, but None when nothing could be applied (Redis did not answer,
+        another process replays, another thread of this one polls)."""
         if not self._lock.acquire(blocking=blocking):
             return None
         try:
@@ -127,9 +120,8 @@ class ChangeRelay:
             self._lock.release()
 
     def catch_up(self):
-        """Apply everything the log holds beyond Redis's watermark, now: True once done.
-        The cache reads Redis again only after this succeeds (``CacheService.catch_up``):
-        a Redis that came back may lack invalidations acknowledged meanwhile."""
+        """Apply everything the log holds beyond Redis's watermark, now: True once done
+        (``CacheService.catch_up``: Redis is read again only after this succeeds)."""
         try:
             while True:
                 applied = self._locked_poll()
@@ -143,7 +135,8 @@ class ChangeRelay:
 
     def rewind(self):
         """After a Redis error (``CacheService.on_distrust``): the next poll applies every
-        entry after Redis's watermark, including those this process applied above it."""
+        entry after Redis's watermark, including those this process applied above it (a
+        server that came back, or took over, may lack them)."""
         self._rewinds += 1
 
     def _poll(self):
@@ -155,14 +148,10 @@ class ChangeRelay:
             return None
         replay = mark is None
         if replay:
-            try:
-                claimed = cache.claim(cache.replay_key(), os.getpid(), REPLAY_CLAIM_TTL)
-            except CacheUnavailable:
+            mark = self._claim_replay(cache)
+            if mark is False:
                 return None
-            if not claimed:
-                # Another process replays: applying the same entries after it (and after
-                # a warming that followed it) would only refuse fresh fills.
-                return None
+            replay = mark is None
         try:
             applied = self._poll_from(cache, mark, rewind=self._rewound < requested)
             if applied is not None:
@@ -171,6 +160,20 @@ class ChangeRelay:
         finally:
             if replay:
                 cache.release(cache.replay_key())
+
+    def _claim_replay(self, cache):
+        """None (replay: this process holds the claim), the watermark (another process
+        replayed and released the claim between our read and our claim), or False (another
+        replays now, or Redis failed): applying its entries again would refuse fills."""
+        try:
+            if not cache.claim(cache.replay_key(), os.getpid(), REPLAY_CLAIM_TTL):
+                return False
+            mark = cache.changelog_watermark()
+        except CacheUnavailable:
+            return False
+        if mark is not None:
+            cache.release(cache.replay_key())
+        return mark
 
     def _poll_from(self, cache, mark, rewind=False):
         replay = mark is None
@@ -345,7 +348,7 @@ class ChangeRelay:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        self._thread = None
+            self._thread = None
 
     def _run(self):
         with self.app.app_context():
