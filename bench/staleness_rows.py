@@ -8,10 +8,9 @@ import time
 from contextlib import ExitStack
 
 import redis
-from sqlalchemy import create_engine, event, text
-from sqlalchemy.pool import NullPool
+from sqlalchemy import text
 
-from tests.support.app import fresh_users
+from tests.support.app import fresh_users, outside_engine
 from tests.support.processes import wait_until
 from tests.support.servers import RedisSentinelSet, RedisServer
 from tests.support.staleness import (
@@ -301,17 +300,6 @@ def sentinel_row(ctx):
 # -- changes made with SQL outside the app ----------------------------------------------
 
 
-def _outside_engine(database_url):
-    engine = create_engine(database_url, poolclass=NullPool)
-    if engine.dialect.name == "sqlite":
-
-        @event.listens_for(engine, "connect")
-        def _foreign_keys(dbapi_connection, record):
-            dbapi_connection.execute("PRAGMA foreign_keys=ON")
-
-    return engine
-
-
 def _attrs(doc):
     return {a["trait_type"]: a["value"] for a in doc.get("attributes", [])}
 
@@ -349,7 +337,7 @@ def sql_rows(ctx):
     with ExitStack() as stack:
         server, _ = _redis(stack)
         database_url, served = _serve(ctx, stack, server.url)
-        engine = _outside_engine(database_url)
+        engine = outside_engine(database_url)
         stack.callback(engine.dispose)
         run = {"status": "succeeded"}
         crew, agents = served.create_crew("Before", agents=2, runs=[run] * 6)

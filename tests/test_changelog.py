@@ -11,14 +11,13 @@ import time
 
 import pytest
 import redis
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from tests.support.app import make_user
-from tests.support.ci import missing
+from tests.support.app import make_user, outside_engine
 from tests.support.helpers import attrs, body, seed_crew
 from tests.support.processes import wait_until
-from tests.support.servers import RedisServer, find_redis_server
+from tests.support.servers import RedisServer, running
 
 POLL_BOUND = 1.0  # seconds: four polls of 0.25 s
 
@@ -26,12 +25,7 @@ POLL_BOUND = 1.0  # seconds: four polls of 0.25 s
 @pytest.fixture
 def outside_sql(database_url):
     """Run SQL as psql or sqlite3 would: its own connection, committed at once."""
-    engine = create_engine(database_url, poolclass=NullPool)
-    if engine.dialect.name == "sqlite":
-
-        @event.listens_for(engine, "connect")
-        def _foreign_keys(dbapi_connection, record):
-            dbapi_connection.execute("PRAGMA foreign_keys=ON")
+    engine = outside_engine(database_url)
 
     def run(*statements, **params):
         with engine.begin() as conn:
@@ -158,11 +152,7 @@ def test_agent_then_crew_deleted_by_sql(client, crew_setup, outside_sql):
 
 @pytest.fixture
 def own_redis():
-    if find_redis_server() is None:
-        missing("redis-server")
-    server = RedisServer.start()
-    yield server
-    server.stop()
+    yield from running(RedisServer)
 
 
 def test_writer_lost_its_invalidation_while_redis_was_frozen(app_factory, own_redis):

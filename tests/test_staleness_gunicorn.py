@@ -14,7 +14,7 @@ import redis
 from tests.support.app import fresh_users
 from tests.support.ci import missing
 from tests.support.processes import wait_until
-from tests.support.servers import RedisSentinelSet, RedisServer, find_redis_server
+from tests.support.servers import RedisSentinelSet, RedisServer, find_redis_server, running
 from tests.support.staleness import (
     Served,
     cache_document,
@@ -32,11 +32,7 @@ POLLS, SPAN = 12, 2.0
 
 @pytest.fixture
 def own_redis():
-    if find_redis_server() is None:
-        missing("redis-server")
-    server = RedisServer.start()
-    yield server
-    server.close()
+    yield from running(RedisServer)
 
 
 def _served(database_url, redis_url, **settings):

@@ -88,3 +88,19 @@ def dispose_all():
     """dispose() every app make_app built since the last call (conftest: after each test)."""
     while _undisposed:
         dispose(_undisposed.pop())
+
+
+def outside_engine(database_url):
+    """An engine of its own, as psql or sqlite3 would connect (no pool, foreign keys on
+    for SQLite as the app has them): changes made outside the app."""
+    from sqlalchemy import create_engine, event
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(database_url, poolclass=NullPool)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _foreign_keys(dbapi_connection, record):
+            dbapi_connection.execute("PRAGMA foreign_keys=ON")
+
+    return engine
