@@ -1,14 +1,13 @@
 """The nginx front: one renderer for every nginx.conf crew7 runs (compose, tests, bench,
 ``make run-front``), from ``nginx.conf.in`` and the hit path in ``front.lua``.
 
-The values nginx must share with the app come from the app: the Lua scripts' SHA-1s
+The values nginx must share with the app come from the app: the popularity script
 (``crew7.services.cache.scripts.SOURCES``), key names and prefix, the popularity bound,
 Cache-Control, the XFetch settings. So a front cannot drift from the app it fronts.
 """
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
 from dataclasses import dataclass, field
@@ -44,11 +43,6 @@ def _is_ip(host):
     except ValueError:
         return False
     return True
-
-
-def script_sha(name):
-    """The SHA-1 Redis knows the app's script ``name`` by (EVALSHA)."""
-    return hashlib.sha1(SOURCES[name].encode()).hexdigest()
 
 
 def find_module_dir():
@@ -116,9 +110,10 @@ def front_options(
 
 
 def _lua_string(text):
-    """A Lua string literal of any text (decimal escapes for all but plain characters)."""
+    """A Lua string literal of any text: three-digit decimal escapes for all but plain
+    characters (a shorter one would take a digit after it in)."""
     safe = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _-.:,;/=*+")
-    return '"' + "".join(c if c in safe else f"\\{b}" for c in text for b in c.encode()) + '"'
+    return '"' + "".join(c if c in safe else f"\\{b:03d}" for c in text for b in c.encode()) + '"'
 
 
 def _lua_value(value):
@@ -157,8 +152,8 @@ def lua_settings(config, options):
         "views_key": options.key_prefix + VIEWS_KEY,
         "hits_key": options.key_prefix + FRONT_HITS_KEY,
         "keep": str(config["POPULARITY_SIZE"]),
-        "read_sha": script_sha("read"),
-        "batch_read_sha": script_sha("batch_read"),
+        # Sent with EVAL (a flush every flush_interval): Redis never lacks it.
+        "view_counts_script": SOURCES["view_counts"],
         # As crew7/metadata/views.py derives it from METADATA_TTL.
         "cache_control": (
             f"public, max-age={ttl}, stale-while-revalidate={ttl}, stale-if-error=86400"

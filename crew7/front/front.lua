@@ -2,8 +2,8 @@
 -- document reaches the app. crew7/front/__init__.py renders `S` (the settings) above this
 -- text. A hit is served here, byte for byte as the app serves it; everything else is
 -- handed to the app unchanged (ngx.exec to @crew7_app): a miss, the negative entry
--- `null` (the app's 404), a malformed id, a Redis error or timeout, a script Redis has
--- lost (NOSCRIPT: the app loads it again), anything unexpected.
+-- `null` (the app's 404), a malformed id, a Redis error or timeout, an early refresh,
+-- anything unexpected. A hit runs no script: one round trip (GET and PTTL, or MGET).
 
 local redis = require "nginx.redis"
 
@@ -72,8 +72,18 @@ local function count_hits(family, n)
   ngx.shared.crew7_front:incr(family, n, 0)
 end
 
+-- Crew views counted by this worker since its last flush, {crew id = views}: sent to
+-- the popularity set with the hits (flush), as the app's ViewBuffer does on a Cluster.
+-- A view is counted only for a document served (public), never for `null`.
+local views = {}
+local function count_view(id, n)
+  views[id] = (views[id] or 0) + n
+end
+
 -- If-None-Match as the app reads it: `*`, or a comma-separated list holding the ETag.
 local function not_modified(etag)
+  -- $http_if_none_match costs no header table: most requests have none.
+  if ngx.var.http_if_none_match == nil then return false end
   local inm = ngx.req.get_headers()["if-none-match"]
   if inm == nil then return false end
   if type(inm) ~= "string" then return nil end
@@ -85,12 +95,16 @@ local function not_modified(etag)
 end
 
 -- The app's answer for a document (crew7/metadata/views.py _document_response); counts
--- the hit first (ngx.exit ends the handler). False: the app must answer instead.
-local function respond(body, family, hits)
+-- the hits and the views of `viewed` (crew ids) first (ngx.exit ends the handler).
+-- False: the app must answer instead.
+local function respond(body, family, hits, viewed)
   local etag = '"' .. ngx.md5(body) .. '"'
   local fresh = not_modified(etag)
   if fresh == nil then return false end -- several If-None-Match headers: the app decides
   count_hits(family, hits)
+  if viewed then
+    for i = 1, #viewed do count_view(viewed[i], 1) end
+  end
   ngx.header["Access-Control-Allow-Origin"] = "*"
   ngx.header["Cache-Control"] = S.cache_control
   ngx.header["ETag"] = etag
@@ -110,29 +124,36 @@ end
 local function serve_one(family, key, id)
   local red = connect()
   if not red then return handoff() end
-  local res
-  if family == "crew" then
-    res = red:evalsha(S.read_sha, 2, key, S.views_key, id, S.keep)
-  else
-    res = red:evalsha(S.read_sha, 1, key)
-  end
+  -- One round trip, no script: the document and its remaining TTL (for XFetch). A key
+  -- that expires between the two has no TTL left (-2): no early refresh, as for a hit.
+  red:init_pipeline(2)
+  red:get(key)
+  red:pttl(key)
+  local res = red:commit_pipeline()
   if type(res) ~= "table" then return handoff(red) end
+  local body, pttl = res[1], res[2]
+  if type(pttl) ~= "number" then return handoff(red) end -- an error reply ({false, err})
   release(red)
-  if res[1] ~= 1 or type(res[2]) ~= "string" or res[2] == "null" then
-    return ngx.exec(APP)
-  end
+  if type(body) ~= "string" or body == "null" then return ngx.exec(APP) end
   local delta = S.compute_estimate[family]
-  if should_refresh_early(res[3], delta, S.beta, S.window, math.random()) then
-    -- Crew views are counted already: the app must not count this one again.
-    ngx.var.crew7_refresh = family == "crew" and "counted" or "1"
+  if should_refresh_early(pttl, delta, S.beta, S.window, math.random()) then
+    -- The view is counted here: the app must not count it again.
+    if family == "crew" then
+      count_view(id, 1)
+      ngx.var.crew7_refresh = "counted"
+    else
+      ngx.var.crew7_refresh = "1"
+    end
     return ngx.exec(APP)
   end
-  if respond(res[2], family, 1) == false then return ngx.exec(APP) end
+  local viewed = family == "crew" and { id } or nil
+  if respond(body, family, 1, viewed) == false then return ngx.exec(APP) end
 end
 
 -- /metadata/crews?ids=...: served only when every document is there and public (the
--- app's body: its documents in request order, joined by commas, in brackets). The
--- plain MGET first counts nothing, so a batch handed to the app is not counted twice.
+-- app's body: its documents in request order, joined by commas, in brackets), with one
+-- MGET. Views are counted only for a batch served here: one handed to the app is
+-- counted there, once.
 local function serve_batch(query)
   local raw = query:match("^ids=([0-9a-f,]+)$")
   if not raw then return ngx.exec(APP) end
@@ -151,30 +172,17 @@ local function serve_batch(query)
   if not red then return handoff() end
   local docs = red:mget(unpack(keys))
   if type(docs) ~= "table" then return handoff(red) end
-  for i = 1, #keys do
-    if docs[i] == null or docs[i] == "null" then
-      release(red)
-      return ngx.exec(APP)
-    end
-  end
-  local args = { S.batch_read_sha, #keys + 1 }
-  for i = 1, #keys do args[#args + 1] = keys[i] end
-  args[#args + 1] = S.views_key
-  args[#args + 1] = S.keep
-  for i = 1, #distinct do args[#args + 1] = distinct[i] end
-  docs = red:evalsha(unpack(args))
-  if type(docs) ~= "table" then return handoff(red) end
   release(red)
   local by_id = {}
   for i = 1, #distinct do
     local doc = docs[i]
-    if doc == null or doc == "null" then return ngx.exec(APP) end
+    if type(doc) ~= "string" or doc == "null" then return ngx.exec(APP) end
     by_id[distinct[i]] = doc
   end
   local parts = {}
   for i = 1, #order do parts[i] = by_id[order[i]] end
   local body = "[" .. table.concat(parts, ",") .. "]"
-  if respond(body, "crew", #distinct) == false then return ngx.exec(APP) end
+  if respond(body, "crew", #distinct, distinct) == false then return ngx.exec(APP) end
 end
 
 -- Every request of `location /metadata/`.
@@ -198,9 +206,25 @@ function M.serve()
   return serve_one(family, S.key_prefix .. template .. id .. suffix, id)
 end
 
--- Hits counted in this worker's shared dict go to Redis (HINCRBY on the hits hash)
--- every few hundred milliseconds, where the app's /metrics reads them. A failed flush
--- puts the counts back for the next one.
+-- At most this many crews' views per EVAL of the flush.
+local VIEWS_PER_CALL = 500
+
+local function views_calls(counted)
+  local calls, args = {}, nil
+  for id, n in pairs(counted) do
+    if not args or #args >= 2 * VIEWS_PER_CALL + 1 then
+      args = { S.keep }
+      calls[#calls + 1] = args
+    end
+    args[#args + 1] = id
+    args[#args + 1] = n
+  end
+  return calls
+end
+
+-- Every flush_interval: the hits counted in crew7_front (all workers) go to the hits
+-- hash (HINCRBY), where the app's /metrics reads them, and this worker's views to the
+-- popularity set, in one pipeline. What a failed flush took is put back for the next.
 local function flush(premature)
   local dict = ngx.shared.crew7_front
   local counts, any = {}, false
@@ -211,18 +235,38 @@ local function flush(premature)
       counts[family], any = n, true
     end
   end
+  local counted = views
+  if next(counted) ~= nil then
+    views, any = {}, true
+  end
   if not any then return end
+  -- What each command of the pipeline carries, to put back if it fails.
+  local undo = {}
   local red = connect()
-  local ok = red ~= nil
-  if ok then
+  if red then
     red:init_pipeline()
-    for family, n in pairs(counts) do red:hincrby(S.hits_key, family, n) end
-    ok = red:commit_pipeline() ~= nil
-    if ok then release(red) else red:close() end
+    for family, n in pairs(counts) do
+      red:hincrby(S.hits_key, family, n)
+      undo[#undo + 1] = function() dict:incr(family, n, 0) end
+    end
+    for _, args in ipairs(views_calls(counted)) do
+      red:eval(S.view_counts_script, 1, S.views_key, unpack(args))
+      undo[#undo + 1] = function()
+        for i = 2, #args, 2 do count_view(args[i], args[i + 1]) end
+      end
+    end
+    local results = red:commit_pipeline()
+    if type(results) == "table" then
+      release(red)
+      for i = 1, #undo do
+        if type(results[i]) == "table" and results[i][1] == false then undo[i]() end
+      end
+      return
+    end
+    red:close()
   end
-  if not ok then
-    for family, n in pairs(counts) do dict:incr(family, n, 0) end
-  end
+  for family, n in pairs(counts) do dict:incr(family, n, 0) end
+  for id, n in pairs(counted) do count_view(id, n) end
 end
 
 function M.init_worker()

@@ -1,12 +1,11 @@
 """The front's renderer (crew7/front): what it shares with the app, and what it refuses."""
 
-import hashlib
 import re
 
 import pytest
 
 from crew7.config import DefaultConfig
-from crew7.front import FrontOptions, front_options, render_front_config
+from crew7.front import FrontOptions, _lua_string, front_options, render_front_config
 from crew7.services.cache.scripts import SOURCES
 
 
@@ -22,11 +21,33 @@ def _options(**overrides):
     return FrontOptions(**values)
 
 
+def _lua_literal_value(literal):
+    """What Lua reads from a double-quoted literal of decimal escapes: ``\\ddd`` takes up
+    to three digits (Lua 5.1 manual, section 2.1)."""
+    assert literal[0] == literal[-1] == '"'
+    out, body, i = bytearray(), literal[1:-1], 0
+    while i < len(body):
+        if body[i] == "\\":
+            digits = re.match(r"\d{1,3}", body[i + 1 :]).group()
+            out.append(int(digits))
+            i += 1 + len(digits)
+        else:
+            out += body[i].encode()
+            i += 1
+    return out.decode()
+
+
+@pytest.mark.parametrize("text", ["least[1]", "a\n2", "é1", "'0'", "\\9", ""])
+def test_a_lua_literal_reads_back_as_the_text(text):
+    assert _lua_literal_value(_lua_string(text)) == text
+
+
 def test_the_front_runs_the_apps_scripts_and_headers():
     text = render_front_config(_config(METADATA_TTL=123, POPULARITY_SIZE=77), _options())
-    for name in ("read", "batch_read"):
-        sha = hashlib.sha1(SOURCES[name].encode()).hexdigest()
-        assert f'["{name}_sha"] = "{sha}"' in text
+    # The popularity script the front sends with its flushes is the app's.
+    script = SOURCES["view_counts"]
+    assert f'["view_counts_script"] = {_lua_string(script)}' in text
+    assert "count_view(KEYS[1], ARGV[i], tonumber(ARGV[i + 1]), keep)" in script
     ttl = "public, max-age=123, stale-while-revalidate=123, stale-if-error=86400"
     assert f'["cache_control"] = "{ttl}"' in text
     assert '["keep"] = "77"' in text

@@ -159,6 +159,17 @@ return #ARGV - 1
 """
 )
 
+# KEYS: views  ARGV: keep, then member, n pairs: the views a front's worker counted on
+# its hits since its last flush (crew7/front/front.lua), n of each member.
+_VIEW_COUNTS = (
+    COUNT_VIEW
+    + """
+local keep = tonumber(ARGV[1])
+for i = 2, #ARGV - 1, 2 do count_view(KEYS[1], ARGV[i], tonumber(ARGV[i + 1]), keep) end
+return (#ARGV - 1) / 2
+"""
+)
+
 # KEYS: lock, doc -> {lock exists, value}: one atomic look at a key being computed.
 _PEEK = """
 return {redis.call('EXISTS', KEYS[1]), redis.call('GET', KEYS[2])}
@@ -195,6 +206,7 @@ SOURCES = {
     "acquire_many": _ACQUIRE_MANY,
     "fill_many": _FILL_MANY,
     "views": _VIEWS,
+    "view_counts": _VIEW_COUNTS,
     "raise_watermark": _RAISE_WATERMARK,
 }
 
