@@ -233,3 +233,20 @@ def test_the_feed_is_documented_in_openapi(client):
     operation = spec["paths"]["/metadata/updates"]["get"]
     assert {p["name"] for p in operation["parameters"]} == {"after", "limit"}
     assert {"200", "400", "410"} <= set(operation["responses"])
+
+
+def test_the_relay_keeps_the_entries_the_feed_needs(app_factory, client, alice, outside_sql):
+    """The relay prunes at the longer of its retention (an hour) and FEED_RETENTION."""
+    from datetime import timedelta
+
+    from crew7.models import utcnow
+    from crew7.services.changelog import get_relay
+
+    app = app_factory()
+    seed_crew(app.test_client(), alice, agents=1)
+    outside_sql("UPDATE cache_changes SET created_at = :t", t=utcnow() - timedelta(days=2))
+    assert get_relay(app).prune() == 0  # FEED_RETENTION: 7 days
+    assert read(client)["events"]
+    shorter = app_factory(FEED_RETENTION=86400)
+    assert get_relay(shorter).prune() > 0
+    assert read(client)["events"] == []
