@@ -232,6 +232,32 @@ def test_an_open_transaction_holds_the_feed_back_until_it_commits(
     assert after_commit == [("M", "crew", a["id"]), ("M", "crew", b["id"])]
 
 
+def test_the_oldest_cursor_does_not_pass_an_open_transaction(
+    app, client, alice, database_url, db_kind, outside_sql
+):
+    """A 410's oldest cursor on a log whose only committed entries follow an open
+    transaction's: starting from it must not pass that transaction's entries."""
+    if db_kind != "postgresql":
+        pytest.skip("SQLite commits its writers one at a time, in id order")
+    insert = (
+        "INSERT INTO crews (owner_id, name, description, is_public, process, created_at,"
+        " updated_at) VALUES (:owner, :name, '', true, 'sequential', now(), now())"
+    )
+    engine = outside_engine(database_url)
+    try:
+        with engine.connect() as slow:
+            with slow.begin():
+                slow.execute(text(insert), {"owner": alice["id"], "name": "A"})
+                outside_sql(insert, owner=alice["id"], name="B")
+                response = client.get("/metadata/updates?after=0.0.0.0")
+                assert response.status_code == 410
+                oldest = response.get_json()["error"]["oldest_cursor"]
+    finally:
+        engine.dispose()
+    page = read(client, oldest, limit=1000) if oldest else read(client, limit=1000)
+    assert len(events_of(page)) == 2  # A's crew and B's
+
+
 def test_the_feed_is_documented_in_openapi(client):
     spec = client.get("/openapi.json").get_json()
     operation = spec["paths"]["/metadata/updates"]["get"]

@@ -167,10 +167,10 @@ def _entries_from(conn, pg, position, count):
 
 
 def oldest_cursor(conn, pg, now):
-    """The cursor before the oldest shown entry still kept, or None."""
-    query = select(CacheChange.xid, CacheChange.id).where(_shown())
-    if pg:
-        query = query.where(CacheChange.xid.is_not(None))
+    """The cursor before the oldest shown entry kept, or None (start without one). Only
+    entries the feed would serve: one of a transaction above xmin may have an older
+    transaction, still open, before it."""
+    query = select(CacheChange.xid, CacheChange.id).where(_shown(), _committed(pg))
     row = conn.execute(query.order_by(*_order(pg)).limit(1)).first()
     if row is None:
         return None
