@@ -20,6 +20,7 @@ _CODES = {
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    410: "gone",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "validation_error",
@@ -29,10 +30,11 @@ _CODES = {
 }
 
 
-def error_response(status, message, fields=None, headers=None):
+def error_response(status, message, fields=None, headers=None, extra=None):
     body = {"status": status, "code": _CODES.get(status, "error"), "message": message}
     if fields:
         body["fields"] = fields
+    body.update(extra or {})
     response = jsonify(error=body)
     response.status_code = status
     if headers:
@@ -58,6 +60,8 @@ def handle_http_exception(exc):
         return error_response(400, "malformed JSON body")
     if exc.code == 422:
         message = "validation failed"
+    if exc.code == 400 and fields and not message:
+        message = "invalid query arguments"  # a route that answers them with 400
     headers = {}
     if exc.code == 405 and exc.valid_methods:
         headers["Allow"] = ", ".join(sorted(exc.valid_methods))
