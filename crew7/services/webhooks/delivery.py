@@ -36,6 +36,7 @@ from crew7.webhook_models import WebhookDelivery, WebhookSubscription
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 60.0  # seconds between pruning passes of one process
+CURSOR_REFRESH = 600.0  # seconds between refreshes of an idle subscription's cursor
 LEASE_MARGIN = 10.0  # seconds a lease outlives the longest attempt (DNS, commit)
 
 Sub = WebhookSubscription
@@ -63,6 +64,7 @@ class Deliverer:
         self._stop = threading.Event()
         self._thread = None
         self._last_prune = 0.0
+        self._refreshed = {}  # subscription id -> monotonic time of its last refresh
 
     def _config(self, name):
         return self.app.config[name]
@@ -99,15 +101,18 @@ class Deliverer:
     def deliver_one(self, sub_id, cursor):
         """Deliver the next batch of one subscription whose cursor was ``cursor`` when it
         was found due; 1 when an attempt was made, 0 when there was nothing to do."""
-        from crew7.services.feed import CursorExpired, read_feed
+        from crew7.services.feed import BadCursor, CursorExpired, read_feed
 
         try:
             page = read_feed(cursor, self._config("WEBHOOKS_BATCH"))
-        except CursorExpired as exc:
+        except (CursorExpired, BadCursor) as exc:
             return self._restart_expired(sub_id, cursor, exc)
         finally:
             db.session.remove()  # no transaction stays open during the POST
-        if not page.events or not self._claim(sub_id, cursor):
+        if not page.events:
+            self._refresh_idle(sub_id, cursor, page.next_cursor)
+            return 0
+        if not self._claim(sub_id, cursor):
             return 0
         sub = db.session.get(Sub, sub_id)
         url, secret, failures = sub.url, sub.secret, sub.consecutive_failures
@@ -162,6 +167,7 @@ class Deliverer:
         """The attempt's log row and the subscription's new state, in one transaction
         that only the lease's holder may commit."""
         now = utcnow()
+        attempt = failures + 1
         values = {"lease_owner": None, "lease_until": None, "last_attempt_at": now}
         if outcome.ok:
             values |= {
@@ -190,7 +196,7 @@ class Deliverer:
                 insert(WebhookDelivery).values(
                     subscription_id=sub_id,
                     delivery=delivery,
-                    attempt=failures if not outcome.ok else failures + 1,
+                    attempt=attempt,
                     first_cursor=events[0]["cursor"],
                     last_cursor=events[-1]["cursor"],
                     event_count=len(events),
@@ -206,13 +212,36 @@ class Deliverer:
             if owned != 1:
                 raise LeaseLost(sub_id)
 
+    def _refresh_idle(self, sub_id, cursor, fresh):
+        """An idle subscription's cursor replaced, now and then, by the feed's own cursor
+        for the same position: a cursor too old for the feed's retention would expire
+        though nothing was missed. Only while nobody holds the lease and the cursor is
+        unchanged (one compare-and-set UPDATE)."""
+        now = time.monotonic()
+        if not fresh or fresh == cursor or now - self._refreshed.get(sub_id, 0) < CURSOR_REFRESH:
+            return
+        self._refreshed[sub_id] = now
+        with db.engine.begin() as conn:
+            conn.execute(
+                update(Sub)
+                .where(
+                    Sub.id == sub_id,
+                    or_(Sub.lease_until.is_(None), Sub.lease_until < utcnow()),
+                    (Sub.cursor.is_(None) if cursor is None else Sub.cursor == cursor),
+                )
+                .values(cursor=fresh)
+            )
+
     def _restart_expired(self, sub_id, cursor, exc):
         """The cursor is older than the feed keeps: what was lost is logged, and delivery
         resumes from the oldest event the feed still has."""
         if not self._claim(sub_id, cursor):
             return 0
         now = utcnow()
-        error = f"cursor {cursor!r} expired: events before the oldest retained were not delivered"
+        error = (
+            f"cursor {cursor!r} refused by the feed ({exc}): delivery resumes from the oldest "
+            "event retained; events before it were not delivered"
+        )
         with db.engine.begin() as conn:
             conn.execute(
                 insert(WebhookDelivery).values(

@@ -30,10 +30,9 @@ def feed_end():
     cursor = None
     while True:
         page = read_feed(cursor, FEED_PAGE)
-        if page.events:
-            cursor = page.events[-1]["cursor"]
         if not page.has_more:
-            return cursor
+            return page.next_cursor or (page.events[-1]["cursor"] if page.events else cursor)
+        cursor = page.next_cursor or page.events[-1]["cursor"]
 
 
 def check_url(url):
