@@ -38,6 +38,13 @@ class Received:
         )
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        pass  # a client that gave up or was killed resets its connection: expected here
+
+
 class WebhookReceiver:
     """``script``: the actions of the first requests, in order ("ok" after them):
     "fail" answers 500; "timeout" sleeps ``sleep`` seconds, then answers 200 to a client
@@ -84,8 +91,7 @@ class WebhookReceiver:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
