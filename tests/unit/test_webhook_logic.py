@@ -120,3 +120,23 @@ def test_targets_default_ports():
     assert parse_target("https://example.com/hook") == ("https", "example.com", 443)
     assert parse_target("http://example.com/hook") == ("http", "example.com", 80)
     assert parse_target("http://[2606:4700::1]:8080/") == ("http", "2606:4700::1", 8080)
+
+
+def test_the_readme_verification_snippet_accepts_our_signature_and_nothing_else():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Webhooks", 1)[1].split("\n## ", 1)[0]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace = {}
+    exec(snippet, namespace)  # noqa: S102 - the project's own README
+    verify_snippet = namespace["verify"]
+    body = b'{"subscription":1,"events":[]}'
+    now = int(__import__("time").time())
+    headers = signed_headers(SECRET, now, body, "d")
+    sig, ts = headers["X-Crew7-Signature"], headers["X-Crew7-Timestamp"]
+    assert verify_snippet(SECRET, body, ts, sig)
+    assert not verify_snippet(SECRET, body + b" ", ts, sig)
+    assert not verify_snippet("other" + SECRET, body, ts, sig)
+    old = signed_headers(SECRET, now - 301, body, "d")
+    assert not verify_snippet(SECRET, body, old["X-Crew7-Timestamp"], old["X-Crew7-Signature"])
