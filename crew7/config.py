@@ -85,6 +85,10 @@ class DefaultConfig:
     CACHE_CHANGELOG_REPLAY_MARGIN = 60
     CACHE_CHANGELOG_GAP_WAIT = 30.0
 
+    # The change feed (GET /metadata/updates, crew7/services/feed.py): seconds a consumer's
+    # cursor stays valid; the change log keeps entries at least this long.
+    FEED_RETENTION = 7 * 24 * 3600
+
     # API
     PAGE_SIZE_DEFAULT = 20
     PAGE_SIZE_MAX = 100
@@ -136,6 +140,7 @@ _INT_SETTINGS = {
     "WEBHOOKS_BATCH": 1,
     "WEBHOOKS_MAX_FAILURES": 1,
     "WEBHOOKS_LOG_RETENTION": 60,
+    "FEED_RETENTION": 1,
 }
 _FLOAT_SETTINGS = {
     "CACHE_LOCK_LEASE": 0.05,

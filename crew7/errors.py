@@ -20,6 +20,7 @@ _CODES = {
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    410: "gone",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "validation_error",
@@ -29,10 +30,11 @@ _CODES = {
 }
 
 
-def error_response(status, message, fields=None, headers=None):
+def error_response(status, message, fields=None, headers=None, extra=None):
     body = {"status": status, "code": _CODES.get(status, "error"), "message": message}
     if fields:
         body["fields"] = fields
+    body.update(extra or {})
     response = jsonify(error=body)
     response.status_code = status
     if headers:

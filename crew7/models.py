@@ -177,11 +177,18 @@ class CacheChange(db.Model):
     """One entry of the cache change log: a committed change affected the documents that
     ``kind`` and ``ref_id`` name. Written only by the database's triggers
     (``crew7.changelog_triggers``), read and pruned by the relay
-    (``crew7.services.changelog``)."""
+    (``crew7.services.changelog``), read by the change feed (``crew7.services.feed``)
+    too: ``visibility``, ``agents`` and ``xid`` are its (NULL in entries older than
+    migration 0005)."""
 
     __tablename__ = "cache_changes"
     # Ids are the relay's watermark: never reused, even after every row was pruned.
-    __table_args__ = (Index("ix_cache_changes_created_at", "created_at"), _NO_ID_REUSE)
+    __table_args__ = (
+        Index("ix_cache_changes_created_at", "created_at"),
+        # The feed's order on PostgreSQL (commit order, see crew7.services.feed).
+        Index("ix_cache_changes_xid_id", "xid", "id"),
+        _NO_ID_REUSE,
+    )
 
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
@@ -189,6 +196,9 @@ class CacheChange(db.Model):
     kind: Mapped[str] = mapped_column(Text)
     ref_id: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime, server_default=text("CURRENT_TIMESTAMP"))
+    visibility: Mapped[str | None] = mapped_column(Text)  # 'public', 'private' or 'gone'
+    agents: Mapped[str | None] = mapped_column(Text)  # a crew entry's agent ids, "3,4,7"
+    xid: Mapped[int | None] = mapped_column(BigInteger)  # PostgreSQL: the writer's xid8
 
 
 @event.listens_for(db.metadata, "after_create")

@@ -5,11 +5,14 @@ A hit is one Redis round trip; the stored bytes are returned as they are.
 
 import hashlib
 
-from flask import Response, abort, current_app, request
+from flask import Response, abort, current_app, jsonify, request
 from flask_smorest import Blueprint
 
+from crew7.errors import error_response
 from crew7.extensions import TOKEN_ID_PATTERN
+from crew7.schemas.feed import FeedPageSchema, FeedQuerySchema
 from crew7.schemas.metadata import AgentMetadataSchema, CrewMetadataSchema
+from crew7.services import feed
 from crew7.services import metadata as service
 from crew7.services.cache import NOT_FOUND
 
@@ -152,3 +155,30 @@ def crews_metadata():
     ids = [service.parse_token_id(part) for part in parts]
     body = service.serve_crews(ids)
     return _document_response(body)
+
+
+@blp.get("/updates")
+@blp.arguments(FeedQuerySchema, location="query", error_status_code=400)
+@blp.response(200, FeedPageSchema)
+@blp.alt_response(
+    410,
+    description="The cursor is older than the retention: start again "
+    "from error.oldest_cursor (null when nothing is kept)",
+)
+def metadata_updates(args):
+    """Changes to public documents in commit order, as ERC-4906 events (``after`` a
+    cursor; see the README's "Change feed")."""
+    try:
+        page = feed.read_feed(args.get("after"), args["limit"])
+    except feed.BadCursor:
+        abort(400, "malformed cursor: pass a cursor the feed returned")
+    except feed.CursorExpired as exc:
+        return error_response(
+            410,
+            "cursor older than the feed's retention: start again from oldest_cursor",
+            extra={"oldest_cursor": exc.oldest},
+        )
+    response = jsonify(events=page.events, next_cursor=page.next_cursor, has_more=page.has_more)
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    response.headers["Cache-Control"] = "no-store"
+    return response

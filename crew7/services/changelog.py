@@ -72,7 +72,7 @@ class ChangeRelay:
         self.app = app
         config = app.config
         self.interval = config["CACHE_CHANGELOG_INTERVAL"]
-        self.retention = config["CACHE_CHANGELOG_RETENTION"]
+        self.retention = max(config["CACHE_CHANGELOG_RETENTION"], config["FEED_RETENTION"])
         self.margin = config["CACHE_CHANGELOG_REPLAY_MARGIN"]
         self.gap_wait = config["CACHE_CHANGELOG_GAP_WAIT"]
         self.cursor = None  # the highest id this process has read and applied

@@ -6,7 +6,7 @@ delivering it); ``webhook_deliveries`` logs every attempt and is pruned by age
 (``crew7.services.webhooks.delivery``).
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-11-30 17:30:00
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
