@@ -8,7 +8,7 @@ import pytest
 
 from crew7.services.webhooks.delivery import Deliverer
 from tests.support.app import db_scalar, make_user
-from tests.support.webhook_receiver import WebhookReceiver, check_delivered_in_order
+from tests.support.webhook_receiver import WebhookReceiver, check_delivered_in_order, event_key
 
 SECRET = "whsec_0123456789abcdef"
 FAST = {
@@ -44,10 +44,14 @@ def feed_cursors(app, after=None):
     with app.app_context():
         while True:
             page = read_feed(after, 100)
-            cursors += [e["cursor"] for e in page.events]
+            cursors += [event_key(e) for e in page.events]
             after = page.events[-1]["cursor"] if page.events else after
             if not page.has_more:
                 return cursors
+
+
+def key(cursor):
+    return event_key({"cursor": cursor})
 
 
 def some_writes(client, user, name="Crew"):
@@ -140,12 +144,11 @@ def test_delivery_is_signed_in_order_and_retried_until_acknowledged(wh_app, admi
     client = wh_app.test_client()
     some_writes(client, writer, "Before")  # before the subscription: not delivered
     with WebhookReceiver(["fail", "timeout"], sleep=1.5) as receiver:
-        start = feed_cursors(wh_app)[-1]
         sub = subscribe(client, admin, receiver.url)
         some_writes(client, writer, "After")
         deliver_all(wh_app)
         batches = receiver.batches()
-    expected = feed_cursors(wh_app, after=start)
+    expected = feed_cursors(wh_app, after=sub["cursor"])
     assert len(expected) >= 4
     assert check_delivered_in_order(batches, expected) == expected
     assert [b.action for b in batches[:3]] == ["fail", "timeout", "ok"]
@@ -160,7 +163,7 @@ def test_delivery_is_signed_in_order_and_retried_until_acknowledged(wh_app, admi
         assert batch.headers["Content-Type"] == "application/json"
         assert len(batch.payload["events"]) <= FAST["WEBHOOKS_BATCH"]
     state = client.get(f"/admin/webhooks/{sub['id']}", headers=admin["headers"]).get_json()
-    assert state["cursor"] == expected[-1] and state["consecutive_failures"] == 0
+    assert key(state["cursor"]) == expected[-1] and state["consecutive_failures"] == 0
     results = [(a["status"], a["error"]) for a in reversed(state["attempts"])]
     assert results[0][0] == 500 and results[1] == (None, "timeout")
     assert all(status == 200 for status, _ in results[2:])
@@ -185,7 +188,7 @@ def test_a_subscription_is_disabled_after_max_failures_and_enabled_again(app_fac
         assert receiver.batches()[-1].status == 200
     state = client.get(f"/admin/webhooks/{sub['id']}", headers=admin["headers"]).get_json()
     assert state["enabled"] and state["consecutive_failures"] == 0
-    assert state["cursor"] == feed_cursors(app)[-1]
+    assert key(state["cursor"]) == feed_cursors(app)[-1]
 
 
 def test_targets_are_checked_again_at_delivery(app_factory):
@@ -258,7 +261,7 @@ def test_cli_manages_subscriptions_and_delivers(wh_app, writer):
         assert out.exit_code == 0 and "delivery attempts" in out.output
         assert receiver.batches() and all(b.verifies(sub["secret"]) for b in receiver.batches())
     listed = json.loads(runner.invoke(args=["webhooks", "list"]).output)
-    assert listed[0]["cursor"] == feed_cursors(wh_app)[-1]
+    assert key(listed[0]["cursor"]) == feed_cursors(wh_app)[-1]
     log = runner.invoke(args=["webhooks", "log"]).output
     assert " 200 " in log
     assert runner.invoke(args=["webhooks", "add", "ftp://x/"]).exit_code == 1

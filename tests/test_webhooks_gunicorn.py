@@ -15,7 +15,7 @@ from tests.support.app import database_url_for, make_app, make_user, reset_schem
 from tests.support.gunicorn import GunicornServer, served_env
 from tests.support.processes import wait_until
 from tests.support.raw_http import request
-from tests.support.webhook_receiver import WebhookReceiver, check_delivered_in_order
+from tests.support.webhook_receiver import WebhookReceiver, check_delivered_in_order, event_key
 
 pytestmark = [pytest.mark.gunicorn, pytest.mark.slow]
 
@@ -55,7 +55,7 @@ def feed_cursors(app, after):
     with app.app_context():
         while True:
             page = read_feed(after, 500)
-            cursors += [e["cursor"] for e in page.events]
+            cursors += [event_key(e) for e in page.events]
             after = page.events[-1]["cursor"] if page.events else after
             if not page.has_more:
                 return cursors

@@ -12,6 +12,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from crew7.services.webhooks.signing import verify
 
 
+def event_key(event):
+    """An event's place in the feed: its cursor without the trailing stamp, which the feed
+    renews (``xid.id.n.stamp``, crew7/services/feed.py); the same event read twice may
+    carry two stamps."""
+    return event["cursor"].rsplit(".", 1)[0]
+
+
 @dataclass
 class Received:
     headers: dict
@@ -26,7 +33,7 @@ class Received:
 
     @property
     def cursors(self):
-        return [e["cursor"] for e in self.payload["events"]]
+        return [event_key(e) for e in self.payload["events"]]
 
     def verifies(self, secret, now=None):
         return verify(
@@ -114,7 +121,8 @@ class WebhookReceiver:
 
 
 def check_delivered_in_order(batches, feed_cursors):
-    """Every batch a contiguous run of the feed that starts where the feed starts or
+    """``feed_cursors``: the feed's events after the subscription's start, as event_key
+    gives them. Every batch a contiguous run of the feed that starts where the feed starts or
     right after a batch the receiver acknowledged (so a repeat is a whole batch sent
     again); returns the cursors received, each once, in order."""
     position = {cursor: n for n, cursor in enumerate(feed_cursors)}
