@@ -268,3 +268,22 @@ def test_cli_manages_subscriptions_and_delivers(wh_app, writer):
     assert runner.invoke(args=["webhooks", "enable", str(sub["id"])]).exit_code == 0
     assert runner.invoke(args=["webhooks", "remove", str(sub["id"])]).exit_code == 0
     assert runner.invoke(args=["webhooks", "remove", str(sub["id"])]).exit_code == 1
+
+
+def test_delivery_connects_to_the_address_it_checked_within_a_deadline():
+    """No second lookup: the host's name is only the Host header (this one resolves
+    nowhere). A receiver trickling bytes never idles past a socket timeout; the attempt
+    still ends by WEBHOOKS_TIMEOUT."""
+    import socket
+
+    from crew7.services.webhooks.transport import post
+
+    with WebhookReceiver(["ok", "trickle"], sleep=4.0) as receiver:
+        port = int(receiver.url.split(":")[2].split("/")[0])
+        target = ("http", "rebound.invalid", port, [(socket.AF_INET, ("127.0.0.1", port))])
+        outcome = post(target, "/hook", b"{}", {"Content-Type": "application/json"}, 0.5, 1.0)
+        assert outcome.ok, outcome
+        assert receiver.batches()[0].headers["Host"] == f"rebound.invalid:{port}"
+        started = time.monotonic()
+        outcome = post(target, "/hook", b"{}", {"Content-Type": "application/json"}, 0.5, 1.0)
+        assert outcome.error == "timeout" and time.monotonic() - started < 1.5, outcome

@@ -56,7 +56,8 @@ class WebhookReceiver:
     """``script``: the actions of the first requests, in order ("ok" after them):
     "fail" answers 500; "timeout" sleeps ``sleep`` seconds, then answers 200 to a client
     that has long given up; "hold" answers 200 only once ``release()`` is called;
-    "redirect" answers 302 to ``redirect_to``."""
+    "redirect" answers 302 to ``redirect_to``; "trickle" sends its headers a byte every
+    0.1 s for ``sleep`` seconds."""
 
     def __init__(self, script=(), sleep=2.0, redirect_to="http://127.0.0.1:9/"):
         self.script = list(script)
@@ -78,6 +79,18 @@ class WebhookReceiver:
                     action = receiver.script.pop(0) if receiver.script else "ok"
                     entry = Received(dict(self.headers), body, action)
                     receiver.received.append(entry)
+                if action == "trickle":  # a byte at a time: never idle long enough to time out
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                    deadline = time.monotonic() + receiver.sleep
+                    try:
+                        while time.monotonic() < deadline:
+                            self.wfile.write(b"x")
+                            self.wfile.flush()
+                            time.sleep(0.1)
+                    except OSError:
+                        pass
+                    self.close_connection = True
+                    return
                 if action == "timeout":
                     time.sleep(receiver.sleep)
                 elif action == "hold":
