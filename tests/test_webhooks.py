@@ -287,3 +287,37 @@ def test_delivery_connects_to_the_address_it_checked_within_a_deadline():
         started = time.monotonic()
         outcome = post(target, "/hook", b"{}", {"Content-Type": "application/json"}, 0.5, 1.0)
         assert outcome.error == "timeout" and time.monotonic() - started < 1.5, outcome
+
+
+def test_a_holder_whose_lease_was_taken_over_records_nothing(wh_app, admin, writer):
+    """A deliverer stalled past its lease finds another holder when it answers: its
+    outcome is rolled back, so only the new holder's attempt moves the subscription."""
+    import threading
+
+    from crew7.services.webhooks.delivery import LeaseLost
+
+    client = wh_app.test_client()
+    with WebhookReceiver(["hold", "ok"]) as receiver:
+        sub = subscribe(client, admin, receiver.url, from_start=True)
+        some_writes(client, writer)
+        stalled, errors = Deliverer(wh_app), []
+
+        def deliver():
+            with wh_app.app_context():
+                try:
+                    stalled.deliver_one(sub["id"], None)
+                except LeaseLost as exc:
+                    errors.append(exc)
+
+        thread = threading.Thread(target=deliver)
+        thread.start()
+        assert receiver.held.wait(10)
+        with wh_app.app_context():
+            db_expire_lease(wh_app, sub["id"])
+            assert Deliverer(wh_app).deliver_one(sub["id"], None) == 1
+        receiver.release()
+        thread.join(10)
+    assert len(errors) == 1
+    state = client.get(f"/admin/webhooks/{sub['id']}", headers=admin["headers"]).get_json()
+    assert len(state["attempts"]) == 1 and state["attempts"][0]["status"] == 200
+    assert key(state["cursor"]) == key(receiver.batches()[1].payload["events"][-1]["cursor"])

@@ -140,3 +140,28 @@ def test_the_readme_verification_snippet_accepts_our_signature_and_nothing_else(
     assert not verify_snippet("other" + SECRET, body, ts, sig)
     old = signed_headers(SECRET, now - 301, body, "d")
     assert not verify_snippet(SECRET, body, old["X-Crew7-Timestamp"], old["X-Crew7-Signature"])
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"WEBHOOKS_BATCH": 0}, "WEBHOOKS_BATCH"),
+        ({"WEBHOOKS_BATCH": 1001}, "WEBHOOKS_BATCH"),
+        ({"WEBHOOKS_MAX_FAILURES": 0}, "WEBHOOKS_MAX_FAILURES"),
+        ({"WEBHOOKS_TIMEOUT": 0}, "WEBHOOKS_TIMEOUT"),
+        ({"WEBHOOKS_CONNECT_TIMEOUT": 20, "WEBHOOKS_TIMEOUT": 10}, "WEBHOOKS_CONNECT_TIMEOUT"),
+        ({"WEBHOOKS_RETRY_BASE": 10, "WEBHOOKS_RETRY_MAX": 5}, "WEBHOOKS_RETRY_MAX"),
+        ({"WEBHOOKS_RETRY_BASE": -1}, "WEBHOOKS_RETRY_BASE"),
+        ({"WEBHOOKS_INTERVAL": "often"}, "WEBHOOKS_INTERVAL"),
+        ({"WEBHOOKS_ALLOW_PRIVATE": "maybe"}, "WEBHOOKS_ALLOW_PRIVATE"),
+        ({"WEBHOOKS_LOG_RETENTION": 10}, "WEBHOOKS_LOG_RETENTION"),
+    ],
+)
+def test_webhook_settings_are_validated_by_name(changes, named):
+    from crew7.config import ConfigError, DefaultConfig, validate_config
+
+    config = {k: getattr(DefaultConfig, k) for k in dir(DefaultConfig) if k.isupper()}
+    config["SQLALCHEMY_DATABASE_URI"] = "sqlite://"
+    validate_config(dict(config))
+    with pytest.raises(ConfigError, match=named):
+        validate_config({**config, **changes})

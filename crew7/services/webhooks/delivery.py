@@ -115,6 +115,8 @@ class Deliverer:
         if not self._claim(sub_id, cursor):
             return 0
         sub = db.session.get(Sub, sub_id)
+        if sub is None:  # removed meanwhile
+            return 0
         url, secret, failures = sub.url, sub.secret, sub.consecutive_failures
         db.session.remove()
         delivery = str(uuid.uuid4())
@@ -133,14 +135,18 @@ class Deliverer:
         except RefusedURL as exc:
             return Outcome(None, f"refused: {exc}", time.monotonic() - started)
         headers = signed_headers(secret, int(time.time()), body, delivery)
-        return post(
-            target,
-            request_path(url),
-            body.encode(),
-            headers,
-            self._config("WEBHOOKS_CONNECT_TIMEOUT"),
-            self._config("WEBHOOKS_TIMEOUT"),
-        )
+        try:
+            return post(
+                target,
+                request_path(url),
+                body.encode(),
+                headers,
+                self._config("WEBHOOKS_CONNECT_TIMEOUT"),
+                self._config("WEBHOOKS_TIMEOUT"),
+            )
+        except Exception as exc:  # whatever went wrong, it is this attempt's failure
+            log.exception("webhook POST to %s failed unexpectedly", url)
+            return Outcome(None, f"{type(exc).__name__}: {exc}"[:300], time.monotonic() - started)
 
     def _claim(self, sub_id, cursor):
         """Take the subscription's lease if it is free, due, enabled and still at
@@ -192,6 +198,11 @@ class Deliverer:
                     "webhook %s disabled after %d failures: %s", sub_id, failures, outcome.error
                 )
         with db.engine.begin() as conn:
+            owned = conn.execute(
+                update(Sub).where(Sub.id == sub_id, Sub.lease_owner == self.owner).values(**values)
+            ).rowcount
+            if owned != 1:  # rolled back: the holder that took over delivers this batch
+                raise LeaseLost(sub_id)
             conn.execute(
                 insert(WebhookDelivery).values(
                     subscription_id=sub_id,
@@ -206,11 +217,6 @@ class Deliverer:
                     created_at=now,
                 )
             )
-            owned = conn.execute(
-                update(Sub).where(Sub.id == sub_id, Sub.lease_owner == self.owner).values(**values)
-            ).rowcount
-            if owned != 1:
-                raise LeaseLost(sub_id)
 
     def _refresh_idle(self, sub_id, cursor, fresh):
         """An idle subscription's cursor replaced, now and then, by the feed's own cursor
