@@ -25,6 +25,7 @@ from datetime import timedelta
 from urllib.parse import urlsplit
 
 from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from crew7.extensions import db
 from crew7.models import utcnow
@@ -310,6 +311,8 @@ class Deliverer:
                 made = 0
                 try:
                     made = self.deliver_due()
+                except SQLAlchemyError as exc:  # the database is away: the next pass retries
+                    log.warning("webhook delivery pass failed: %s", str(exc).splitlines()[0][:200])
                 except Exception:
                     log.exception("webhook delivery pass failed")
                 finally:
