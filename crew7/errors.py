@@ -60,6 +60,8 @@ def handle_http_exception(exc):
         return error_response(400, "malformed JSON body")
     if exc.code == 422:
         message = "validation failed"
+    if exc.code == 400 and fields and not message:
+        message = "invalid query arguments"  # a route that answers them with 400
     headers = {}
     if exc.code == 405 and exc.valid_methods:
         headers["Allow"] = ", ".join(sorted(exc.valid_methods))

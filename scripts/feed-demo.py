@@ -31,7 +31,12 @@ def main():
                 nonlocal cursor
                 url = "/metadata/updates" + (f"?after={cursor}" if cursor else "")
                 page = client.get(url).get_json()
-                print(f"# {step}\n$ GET {url}\n{json.dumps(page, indent=1)}\n")
+                print(f"# {step}\n$ GET {url}")
+                print('{"events": [')
+                for event in page["events"]:
+                    print("  " + json.dumps(event, sort_keys=True))
+                rest = {k: page[k] for k in ("next_cursor", "has_more")}
+                print("], " + json.dumps(rest)[1:] + "\n")
                 cursor = page["next_cursor"] or cursor
 
             crew = client.post("/crews", json={"name": "Research"}, headers=auth).get_json()

@@ -324,6 +324,16 @@ NOT_DEFECTS = [
         checks=("positive_data_acceptance",),
         matches=lambda f: f.status == 422 and "must not be before started_at" in f.response,
     ),
+    Explanation(
+        name="feed-cursor-expired",
+        reason=(
+            "a change-feed cursor spelled right but stamped before the retention (one the "
+            "feed handed out long ago, or made up) is 410 with the oldest cursor: which "
+            "cursors are still valid depends on the clock, which a pattern cannot express"
+        ),
+        checks=("positive_data_acceptance",),
+        matches=lambda f: f.status == 410 and '"oldest_cursor"' in f.response,
+    ),
 ]
 
 

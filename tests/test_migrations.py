@@ -113,6 +113,62 @@ def test_0004_rebuilds_the_aggregates_from_the_runs(db_kind, tmp_path, request, 
         upgrade()
 
 
+def _columns(app, table):
+    from sqlalchemy import inspect
+
+    from crew7.extensions import db
+
+    with app.app_context():
+        inspector = inspect(db.engine)
+        columns = {c["name"] for c in inspector.get_columns(table)}
+        indexes = {i["name"]: tuple(i["column_names"]) for i in inspector.get_indexes(table)}
+        return columns, indexes
+
+
+def test_0005_adds_the_feeds_columns_and_downgrades_to_0004s_triggers(
+    db_kind, tmp_path, request, redis_server
+):
+    """The feed's columns and index are the models'; entries written before 0005 are not
+    shown (their visibility is unknown), later ones are; downgrading restores exactly the
+    triggers 0004 left."""
+    from flask_migrate import downgrade, upgrade
+
+    from crew7.extensions import db
+    from crew7.services.feed import read_feed
+
+    app = make_app(_fresh_url(db_kind, tmp_path, request, "feed"), redis_server.url)
+    created = make_app(_fresh_url(db_kind, tmp_path, request, "feedref"), redis_server.url)
+    reset_schema(created)
+    with app.app_context():
+        upgrade(revision="0004")
+        before = _triggers(app)
+        with db.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO users (id, name, token_hash, is_admin, created_at)"
+                    " VALUES (1, 'u', 'h', false, '2026-01-01')"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO crews (id, owner_id, name, description, is_public, process,"
+                    " created_at, updated_at) VALUES (1, 1, 'c', '', true, 'sequential',"
+                    " '2026-01-01', '2026-01-01')"
+                )
+            )
+        upgrade()
+        assert _columns(app, "cache_changes") == _columns(created, "cache_changes")
+        assert read_feed(None, 10).events == []
+        with db.engine.begin() as conn:
+            conn.execute(text("UPDATE crews SET name = 'd' WHERE id = 1"))
+        events = read_feed(None, 10).events
+        assert [(e["token_type"], e["token_id"]) for e in events] == [("crew", 1)]
+        downgrade(revision="0004")
+        assert _triggers(app) == before
+        assert "xid" not in _columns(app, "cache_changes")[0]
+        upgrade()
+
+
 def test_webhook_tables_migrate_as_the_models_describe(db_kind, tmp_path, request, redis_server):
     """0006 creates the webhook tables the models declare, and drops them again."""
     from alembic.autogenerate import compare_metadata

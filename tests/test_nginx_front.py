@@ -421,3 +421,26 @@ def test_body_limit_and_json_errors_through_nginx(front):
     assert status == 401
     assert headers["www-authenticate"] == 'Bearer realm="crew7"'
     assert json_body(headers, data)["error"]["code"] == "unauthorized"
+
+
+def test_the_change_feed_reaches_the_app_through_nginx_rate_limited(front):
+    """/metadata/updates is not a document: the front hands it to the app, under the
+    metadata zone's limit."""
+    status, headers, data = front.get("/metadata/updates?limit=1000")
+    assert status == 200, data
+    cursor = json_body(headers, data)["next_cursor"]
+    crew, agent = front.new_crew("Fed Crew")
+    after = f"after={cursor}&" if cursor else ""  # None: the log was empty
+    status, headers, data = front.get(f"/metadata/updates?{after}limit=1000")
+    assert status == 200, data
+    page = json_body(headers, data)
+    assert headers["cache-control"] == "no-store"
+    assert {"event": "MetadataUpdate", "token_type": "crew", "token_id": crew["id"]} in [
+        {k: e[k] for k in ("event", "token_type", "token_id")} for e in page["events"]
+    ]
+    status, headers, data = front.get("/metadata/updates?after=nonsense")
+    assert status == 400 and json_body(headers, data)["error"]["code"] == "bad_request"
+    tiny = {"crew7_metadata": ("1r/m", 2)}
+    with running_nginx(f"127.0.0.1:{front.gunicorn.port}", limits=tiny) as port:
+        statuses = [request(port, "GET", "/metadata/updates")[0] for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]

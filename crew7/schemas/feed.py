@@ -3,14 +3,15 @@
 from marshmallow import Schema, fields, validate
 
 from crew7.schemas.api import QueryInteger
-from crew7.services.feed import MAX_LIMIT
+from crew7.services.feed import CURSOR_PATTERN, MAX_LIMIT
 
 DEFAULT_LIMIT = 100
 
 
 class FeedQuerySchema(Schema):
+    # The pattern is the spelling only: a cursor older than the retention is 410.
     after = fields.String(
-        validate=validate.Length(min=1, max=100),
+        validate=validate.Regexp(CURSOR_PATTERN, error="malformed cursor"),
         metadata={
             "description": "A cursor from an earlier page (next_cursor or an event's cursor); "
             "omitted: from the oldest change kept"

@@ -33,6 +33,7 @@ def test_booleans(config, value, expected):
         ("CACHE_WARM_COUNT", 0, 0),
         ("BREAKER_COOLDOWN", "0.5", 0.5),
         ("XFETCH_BETA", 0, 0.0),
+        ("FEED_RETENTION", "86400", 86400),
     ],
 )
 def test_numbers_are_coerced(config, name, value, expected):
@@ -56,6 +57,8 @@ def test_numbers_are_coerced(config, name, value, expected):
         ("SQLALCHEMY_DATABASE_URI", "nowhere", "DATABASE_URL"),
         ("CACHE_NAMESPACE", "has space", "no spaces"),
         ("SECRET_KEY", "", "must not be empty"),
+        ("FEED_RETENTION", 0, "must be at least 1"),
+        ("FEED_RETENTION", "a week", "expected an integer"),
         ("REDIS_SENTINELS", "host-without-port", "host:port"),
     ],
 )
