@@ -105,6 +105,12 @@ def post_worker_init(worker):
         start_relay(app)
         start_warming(app)
 
+        from crew7.services.webhooks.delivery import start_delivery
+
+        # Every serving process delivers webhooks; a lease per subscription in the
+        # database keeps one process at a time on each.
+        start_delivery(app)
+
 
 def child_exit(server, worker):
     from crew7.services.metrics import worker_exit

@@ -207,6 +207,7 @@ def register_blueprints(app):
     from crew7.metadata.views import blp as metadata_blp
     from crew7.ops.views import bp as ops_bp
     from crew7.ops.views import register_request_metrics
+    from crew7.ops.webhooks import bp as webhooks_bp
     from crew7.rankings.views import blp as rankings_blp
 
     api = app.extensions["crew7.api"]
@@ -215,6 +216,7 @@ def register_blueprints(app):
     api.register_blueprint(rankings_blp)
     app.register_blueprint(health_bp)
     app.register_blueprint(ops_bp)
+    app.register_blueprint(webhooks_bp)
     register_request_metrics(app)
     if app.config["BENCH_ROUTES"]:
         from crew7.health.views import bench_bp

@@ -198,6 +198,9 @@ def get_cache():
 
 
 def register_cli(app):
+    from crew7.cli_webhooks import webhooks_cli
+
+    app.cli.add_command(webhooks_cli)
     for command in (
         create_user_command,
         seed_demo_command,

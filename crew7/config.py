@@ -105,6 +105,21 @@ class DefaultConfig:
     # Benchmarks only: exposes /bench/static, a route serving fixed bytes.
     BENCH_ROUTES = False
 
+    # Webhooks (crew7.services.webhooks): seconds between delivery polls in each serving
+    # process (0: no delivery thread); events per POST; seconds to connect, and for a whole
+    # attempt; retries after base * 2**n seconds with full jitter, capped; a subscription is
+    # disabled after this many consecutive failures; the attempts log is kept so long.
+    # Private, loopback and link-local receivers are refused unless allowed.
+    WEBHOOKS_INTERVAL = 1.0
+    WEBHOOKS_BATCH = 100
+    WEBHOOKS_CONNECT_TIMEOUT = 3.0
+    WEBHOOKS_TIMEOUT = 10.0
+    WEBHOOKS_RETRY_BASE = 5.0
+    WEBHOOKS_RETRY_MAX = 3600.0
+    WEBHOOKS_MAX_FAILURES = 15
+    WEBHOOKS_LOG_RETENTION = 7 * 24 * 3600
+    WEBHOOKS_ALLOW_PRIVATE = False
+
 
 _INT_SETTINGS = {
     "METADATA_TTL": 1,
@@ -122,6 +137,9 @@ _INT_SETTINGS = {
     "HIT_RATE_MIN_LOOKUPS": 1,
     "CACHE_CHANGELOG_RETENTION": 1,
     "CACHE_CHANGELOG_REPLAY_MARGIN": 0,
+    "WEBHOOKS_BATCH": 1,
+    "WEBHOOKS_MAX_FAILURES": 1,
+    "WEBHOOKS_LOG_RETENTION": 60,
     "FEED_RETENTION": 1,
 }
 _FLOAT_SETTINGS = {
@@ -136,6 +154,11 @@ _FLOAT_SETTINGS = {
     "BREAKER_COOLDOWN": 0.0,
     "CACHE_CHANGELOG_INTERVAL": 0.0,
     "CACHE_CHANGELOG_GAP_WAIT": 0.0,
+    "WEBHOOKS_INTERVAL": 0.0,
+    "WEBHOOKS_CONNECT_TIMEOUT": 0.01,
+    "WEBHOOKS_TIMEOUT": 0.01,
+    "WEBHOOKS_RETRY_BASE": 0.0,
+    "WEBHOOKS_RETRY_MAX": 0.0,
 }
 _BOOL_SETTINGS = (
     "METADATA_CACHE_ENABLED",
@@ -144,6 +167,7 @@ _BOOL_SETTINGS = (
     "BENCH_ROUTES",
     "CACHE_TRACE",
     "METADATA_FAST_PATH",
+    "WEBHOOKS_ALLOW_PRIVATE",
 )
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -221,6 +245,15 @@ def validate_config(config):
         raise ConfigError(
             "invalid setting CACHE_CHANGELOG_RETENTION: shorter than the longest document TTL "
             "plus CACHE_CHANGELOG_REPLAY_MARGIN, so a lost watermark could not be replayed"
+        )
+    if config["WEBHOOKS_BATCH"] > 1000:
+        raise ConfigError("invalid setting WEBHOOKS_BATCH: at most 1000 events per delivery")
+    if config["WEBHOOKS_RETRY_MAX"] < config["WEBHOOKS_RETRY_BASE"]:
+        raise ConfigError("invalid setting WEBHOOKS_RETRY_MAX: smaller than WEBHOOKS_RETRY_BASE")
+    if config["WEBHOOKS_CONNECT_TIMEOUT"] > config["WEBHOOKS_TIMEOUT"]:
+        raise ConfigError(
+            "invalid setting WEBHOOKS_CONNECT_TIMEOUT: longer than WEBHOOKS_TIMEOUT, the bound "
+            "of a whole attempt"
         )
     if config["PAGE_SIZE_DEFAULT"] > config["PAGE_SIZE_MAX"]:
         raise ConfigError("invalid setting PAGE_SIZE_DEFAULT: larger than PAGE_SIZE_MAX")

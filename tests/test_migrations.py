@@ -167,3 +167,25 @@ def test_0005_adds_the_feeds_columns_and_downgrades_to_0004s_triggers(
         assert _triggers(app) == before
         assert "xid" not in _columns(app, "cache_changes")[0]
         upgrade()
+
+
+def test_webhook_tables_migrate_as_the_models_describe(db_kind, tmp_path, request, redis_server):
+    """0006 creates the webhook tables the models declare, and drops them again."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from flask_migrate import downgrade, upgrade
+    from sqlalchemy import inspect
+
+    from crew7.extensions import db
+
+    app = make_app(_fresh_url(db_kind, tmp_path, request, "webhooks"), redis_server.url)
+    with app.app_context():
+        upgrade()
+        with db.engine.connect() as conn:
+            diffs = compare_metadata(MigrationContext.configure(conn), db.metadata)
+        assert [d for d in diffs if "webhook" in repr(d)] == []
+        downgrade(revision="-1")
+        assert not {"webhook_subscriptions", "webhook_deliveries"} & set(
+            inspect(db.engine).get_table_names()
+        )
+        upgrade()
