@@ -104,6 +104,8 @@ class CacheService(ReadThrough, Invalidation, Popularity):
         self.crew_key = key["crew"]
         self.agent_key = key["agent"]
         self.crew_agents_key = key["crew_agents"]
+        self.crew_image_key = key["crew_image"]
+        self.agent_image_key = key["agent_image"]
         self.popular_key = key["popular_crews"]
         self.leaderboard_key = key["leaderboard"]
         self._views_key = self.prefix + VIEWS_KEY
