@@ -9,9 +9,10 @@ from sqlalchemy import text
 
 from crew7.images.views import IMAGE_CSP
 from crew7.services.cards import clean, fit
-from tests.support.app import outside_engine
+from tests.support.app import make_user, outside_engine
 from tests.support.helpers import body, seed_crew
 from tests.support.processes import wait_until
+from tests.support.servers import RedisServer, running
 
 SVG = "{http://www.w3.org/2000/svg}"
 POLL_BOUND = 1.0  # seconds: four polls of the relay (tests/test_changelog.py)
@@ -171,6 +172,40 @@ def test_a_new_crew_gets_its_card_despite_the_negative_entry(client, alice):
     assert client.get(f"/images/crew/{next_id}.svg").status_code == 404
     made, _ = seed_crew(client, alice, agents=0, name="Fresh")
     assert made["id"] == next_id and "Fresh" in crew_card(client, next_id)
+
+
+# -- Redis down or frozen: answered from the database, nothing stale after -------------
+
+
+@pytest.fixture
+def own_redis():
+    yield from running(RedisServer)
+
+
+def test_cards_are_drawn_while_redis_is_down_and_not_stale_after(app_factory, own_redis):
+    app = app_factory(REDIS_URL=own_redis.url, BREAKER_THRESHOLD=3, BREAKER_COOLDOWN=0.5)
+    app.extensions.pop("crew7.changelog", None)  # no relay poll after each commit
+    client = app.test_client()
+    user = make_user(app, "dora")
+    crew, agents = seed_crew(client, user, agents=1)
+    cid, aid = crew["id"], agents[0]["id"]
+    warm(client, cid, agents)
+    own_redis.freeze()
+    try:
+        client.patch(f"/crews/{cid}", json={"name": "Frozen Rename"}, headers=user["headers"])
+        assert "Frozen Rename" in crew_card(client, cid)  # from the database
+        assert "Crew: Frozen Rename" in agent_card(client, aid)
+    finally:
+        own_redis.resume()
+    # Redis kept the old cards through the freeze: the invalidations it missed land
+    # before it is read again.
+    cache = app.extensions["crew7.cache"]
+    wait_until(cache.regain_trust, 5, "Redis trusted again", interval=0.05)
+    for _ in range(5):
+        assert "Frozen Rename" in crew_card(client, cid)
+        assert "Crew: Frozen Rename" in agent_card(client, aid)
+    own_redis.stop()
+    assert "Frozen Rename" in crew_card(client, cid)
 
 
 # -- SQL outside the app: the change log's relay ------------------------------------
