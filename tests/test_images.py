@@ -51,7 +51,7 @@ def warm(client, cid, agents):
         assert client.get(f"/images/agent/{a['id']}.svg").status_code == 200
 
 
-def test_a_crew_card_shows_its_document(client, alice, redis_client):
+def test_a_crew_card_shows_its_document(app, client, alice, redis_client):
     crew, _ = seed_crew(client, alice, agents=2, runs=[{"status": "succeeded"}] * 3)
     cid = crew["id"]
     r = client.get(f"/images/crew/{cid}.svg")
@@ -74,6 +74,8 @@ def test_a_crew_card_shows_its_document(client, alice, redis_client):
     assert again.headers["Content-Security-Policy"] == IMAGE_CSP
     # the document points at it
     assert body(document)["image"].endswith(f"/images/crew/{cid}.svg")
+    keys = app.extensions["crew7.cache"].info()["keys"]  # flask cache-stats, /cache/stats
+    assert keys["crew_image"] == 1 and keys["agent_image"] == 0
 
 
 def test_an_agent_card_shows_role_llm_tools_and_crew(client, alice):

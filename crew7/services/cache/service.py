@@ -236,6 +236,8 @@ class CacheService(ReadThrough, Invalidation, Popularity):
         families = {
             "crew": DOCUMENT_TYPES["crew"].pattern(self.prefix),
             "agent": DOCUMENT_TYPES["agent"].pattern(self.prefix),
+            "crew_image": DOCUMENT_TYPES["crew_image"].pattern(self.prefix),
+            "agent_image": DOCUMENT_TYPES["agent_image"].pattern(self.prefix),
             "stats": f"{self.prefix}stats:*",
         }
         out = {"keys": {}, "memory_used": None, "available": True}
