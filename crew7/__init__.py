@@ -204,6 +204,7 @@ def register_errorhandlers(app):
 def register_blueprints(app):
     from crew7.crews.views import blp as crews_blp
     from crew7.health.views import bp as health_bp
+    from crew7.images.views import blp as images_blp
     from crew7.metadata.views import blp as metadata_blp
     from crew7.ops.views import bp as ops_bp
     from crew7.ops.views import register_request_metrics
@@ -213,6 +214,7 @@ def register_blueprints(app):
     api = app.extensions["crew7.api"]
     api.register_blueprint(crews_blp)
     api.register_blueprint(metadata_blp)
+    api.register_blueprint(images_blp)
     api.register_blueprint(rankings_blp)
     app.register_blueprint(health_bp)
     app.register_blueprint(ops_bp)

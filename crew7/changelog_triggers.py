@@ -21,6 +21,9 @@ affects (the relay, ``crew7.services.changelog``, expands entries into keys):
                             deleted or its status/duration/
                             tokens/dates change (the aggregates)
 
+Each crew's and agent's token image goes with its document (the relay's expansion,
+``crew7.services.changelog_entries``): the triggers name documents, not keys.
+
 Entries carry the ids the relay needs rather than the changed row alone: a deleted
 agent's crew could not be looked up once it is gone.
 

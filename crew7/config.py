@@ -30,7 +30,9 @@ class DefaultConfig:
 
     # NFT documents
     BASE_URL = "https://app.crew7.ai"
-    CDN_URL = "https://cdn.crew7.ai"
+    # Where the documents' images are: unset, this service draws them (/images/...);
+    # set, <CDN_URL>/crews/<id>.png and <CDN_URL>/agents/<id>.png.
+    CDN_URL = ""
 
     # Cache: TTLs in seconds and the Redis key namespace ("" = keys exactly as documented).
     METADATA_CACHE_ENABLED = True
@@ -258,6 +260,9 @@ def validate_config(config):
     if config["PAGE_SIZE_DEFAULT"] > config["PAGE_SIZE_MAX"]:
         raise ConfigError("invalid setting PAGE_SIZE_DEFAULT: larger than PAGE_SIZE_MAX")
     for name in ("BASE_URL", "CDN_URL"):
+        if name == "CDN_URL" and not config.get(name):
+            config[name] = ""  # optional: images served by this service
+            continue
         _check_url(name, config.get(name), ("http", "https"))
         config[name] = str(config[name]).rstrip("/")
     _check_url("REDIS_URL", config.get("REDIS_URL"), ("redis", "rediss", "unix"))

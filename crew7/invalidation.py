@@ -19,7 +19,15 @@ from flask import current_app, has_app_context
 from sqlalchemy import event, inspect
 
 from crew7.models import Agent, Crew, Run
-from crew7.services.cache import AGENT, CREW, CREW_AGENTS, STATS, get_cache_service
+from crew7.services.cache import (
+    AGENT,
+    AGENT_IMAGE,
+    CREW,
+    CREW_AGENTS,
+    CREW_IMAGE,
+    STATS,
+    get_cache_service,
+)
 
 VIEWS = "views"  # the popularity set: a deleted crew leaves it
 
@@ -88,6 +96,20 @@ RULES = (
     # TTL (they are not invalidated by every run).
     _rule(Run, "insert delete", [Target(CREW, ITS_CREW)]),
     _rule(Run, "update", [Target(CREW, ITS_CREW)], RUN_FIELDS),
+)
+
+# A token image is drawn from its document alone: whatever reaches a crew's or an agent's
+# document reaches its image, by the same rules.
+IMAGE_OF = {CREW: CREW_IMAGE, AGENT: AGENT_IMAGE}
+RULES = tuple(
+    Rule(
+        r.model,
+        r.changes,
+        r.affects
+        + tuple(Target(IMAGE_OF[t.family], t.of) for t in r.affects if t.family in IMAGE_OF),
+        r.fields,
+    )
+    for r in RULES
 )
 
 

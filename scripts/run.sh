@@ -7,6 +7,8 @@
 #   REDIS_PORT   port of the local Redis (default 6379); one is started there with its
 #                files in instance/redis unless something already answers PING
 #   CREW7_BIND   gunicorn's address (default 127.0.0.1:8000)
+#   CREW7_BASE_URL  base of the documents' links and token images (default: the
+#                address served, the front's when it runs)
 #   CREW7_FRONT_PORT  also start the nginx front (crew7/front) on 127.0.0.1:PORT, its
 #                config rendered by `flask nginx-config` into instance/front with its
 #                logs (`make run-front`); it reads the same Redis as the app
@@ -121,6 +123,15 @@ else
 fi
 
 export FLASK_APP=wsgi
+# The documents' links (external_url, and image unless CREW7_CDN_URL is set) point at
+# what this script serves: the front when it runs, else gunicorn.
+if [[ -z ${CREW7_BASE_URL:-} ]]; then
+    if [[ -n ${CREW7_FRONT_PORT:-} ]]; then
+        export CREW7_BASE_URL="http://127.0.0.1:$CREW7_FRONT_PORT"
+    else
+        export CREW7_BASE_URL="http://$bind"
+    fi
+fi
 mkdir -p "$instance"
 .venv/bin/flask db upgrade
 if [[ ! -e $instance/.seeded ]]; then

@@ -20,7 +20,7 @@ def test_defaults(monkeypatch, tmp_path):
     assert app.config["METADATA_TTL"] == 300 and app.config["POPULAR_CREWS_TTL"] == 600
     assert app.config["STATS_TTL"] == 180 and app.config["CACHE_WARM_COUNT"] == 10
     assert app.config["BASE_URL"] == "https://app.crew7.ai"
-    assert app.config["CDN_URL"] == "https://cdn.crew7.ai"
+    assert app.config["CDN_URL"] == ""  # images served by this service
     assert app.config["CACHE_NAMESPACE"] == ""
 
 

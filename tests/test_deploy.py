@@ -248,6 +248,7 @@ def test_nginx_config_stores_nothing_and_limits_every_public_route():
     assert set(blocks) == {
         "= /_crew7/error",
         "/metadata/",
+        "/images/",
         "@crew7_app",
         "/stats/",
         "= /metrics",
@@ -259,7 +260,7 @@ def test_nginx_config_stores_nothing_and_limits_every_public_route():
         name: re.findall(r"limit_req zone=(\w+) burst=\d+ nodelay;", body)
         for name, body in blocks.items()
     }
-    assert limited["/metadata/"] == ["crew7_metadata"]
+    assert limited["/metadata/"] == limited["/images/"] == ["crew7_metadata"]
     assert limited["/stats/"] == ["crew7_stats"]
     assert limited["/"] == ["crew7_api"]
     assert {zone for zones in limited.values() for zone in zones} == set(RATE_ZONES)
@@ -271,6 +272,7 @@ def test_nginx_config_stores_nothing_and_limits_every_public_route():
     # Metadata: the front's hit path, else the app (its named location has no limit of
     # its own, so a request handed over is limited once).
     assert "crew7_front.serve()" in blocks["/metadata/"]
+    assert "crew7_front.serve_image()" in blocks["/images/"]
     assert blocks["@crew7_app"].strip() == "proxy_pass http://crew7_app;"
     # Only nginx sets the early-refresh header: a client's is replaced.
     assert "proxy_set_header X-Crew7-Refresh $crew7_refresh;" in directives

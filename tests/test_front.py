@@ -69,9 +69,10 @@ class Stack:
         return crew["id"], agent["id"]
 
     def app_requests(self, needle=""):
-        """gunicorn's access-log lines of metadata GETs containing needle."""
+        """gunicorn's access-log lines of metadata (and image) GETs containing needle."""
         lines = self.gunicorn.output().splitlines()
-        return [line for line in lines if '"GET /metadata/' in line and needle in line]
+        served = ('"GET /metadata/', '"GET /images/')
+        return [line for line in lines if needle in line and any(s in line for s in served)]
 
     def served_by_front(self, path, headers=None):
         """GET path through the front; asserts the app never saw it. A single document's
@@ -211,6 +212,58 @@ def test_a_hit_is_byte_identical_to_the_apps_answer(stack):
         front = stack.reached_app(path)
         assert _comparable(front) == _comparable(stack.get(path, port=stack.proxy)), path
         assert front[0] in (200, 400, 404), (path, front)
+
+
+def test_an_image_hit_is_byte_identical_to_the_apps_answer(stack):
+    crew, agent = stack.new_crew("Pictured <Crew> & Co")
+    private, hidden_agent = stack.new_crew("Hidden Picture", public=False)
+    hits = [
+        f"/images/crew/{crew}.svg",
+        f"/images/crew/{crew:064x}.svg",
+        f"/images/agent/{agent}.svg",
+    ]
+    for path in hits:
+        stack.get(path, port=stack.proxy)  # the app fills Redis
+    assert stack.client.get(f"image:crew:{crew}").startswith(b"<svg")
+    etag = stack.get(hits[0], port=stack.proxy)[1]["etag"]
+    variants = [{}, {"Accept-Encoding": "gzip"}, {"If-None-Match": etag}, {"If-None-Match": "*"}]
+    for path in hits:
+        for headers in variants:
+            app = stack.get(path, headers, port=stack.proxy)
+            front = stack.served_by_front(path, headers)
+            assert _comparable(front) == _comparable(app), (path, headers)
+            direct = request(stack.gunicorn.port, "GET", path, headers=headers)
+            assert front[0] == direct[0] and front[2] == direct[2] or "gzip" in str(headers)
+            if front[0] == 200 and "gzip" not in str(headers):
+                assert front[1]["content-type"] == direct[1]["content-type"] == "image/svg+xml"
+                assert front[1]["content-security-policy"] == direct[1]["content-security-policy"]
+    status, headers, _ = stack.get(hits[0])
+    assert status == 200 and headers["x-content-type-options"] == "nosniff"
+    assert "script-src" not in headers["content-security-policy"]
+    assert stack.get(hits[0], {"If-None-Match": etag})[0] == 304
+    assert stack.get(hits[0], {"Accept-Encoding": "gzip"})[1]["content-encoding"] == "gzip"
+    # Other documents keep the strict policy.
+    assert stack.get(f"/metadata/crew/{crew}")[1]["content-security-policy"] == (
+        "default-src 'none'; frame-ancestors 'none'"
+    )
+
+    # Private, unknown and malformed: the app answers, the same bytes as through the proxy.
+    for path in (
+        f"/images/crew/{private}.svg",
+        f"/images/agent/{hidden_agent}.svg",
+        "/images/crew/999999.svg",
+        "/images/crew/0123.svg",
+        "/images/robot/1.svg",
+    ):
+        front = stack.reached_app(path)
+        assert _comparable(front) == _comparable(stack.get(path, port=stack.proxy)), path
+        assert front[0] == 404, (path, front)
+
+    # A write shows on the very next request.
+    stack.write("PATCH", f"/crews/{crew}", {"name": "Renamed Picture"})
+    for _ in range(3):
+        assert b"Renamed Picture" in stack.get(hits[0])[2]
+        assert b"Crew: Renamed Picture" in stack.get(hits[2])[2]
 
 
 def test_views_move_as_for_an_app_hit(stack):

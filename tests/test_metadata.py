@@ -27,7 +27,7 @@ def test_crew_document_follows_the_standard(client, alice):
     assert "public" in r.headers["Cache-Control"] and "max-age=300" in r.headers["Cache-Control"]
     doc = body(r)
     assert doc["name"] == "Research Crew" and doc["description"] == "finds things"
-    assert doc["image"] == f"https://cdn.crew7.ai/crews/{crew['id']}.png"
+    assert doc["image"] == f"https://app.crew7.ai/images/crew/{crew['id']}.svg"  # no CDN_URL
     assert doc["external_url"] == f"https://app.crew7.ai/crews/{crew['id']}"
     a = attrs(doc)
     assert a["Agents"] == {"trait_type": "Agents", "value": 2, "display_type": "number"}

@@ -14,8 +14,15 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from urllib.parse import urlsplit
 
+from crew7.images.views import IMAGE_CONTENT_TYPE, IMAGE_CSP
 from crew7.metadata.views import MAX_BATCH
-from crew7.services.cache.documents import FAMILIES, FRONT_HITS_KEY, STATS, VIEWS_KEY
+from crew7.services.cache.documents import (
+    DOCUMENT_TYPES,
+    FAMILIES,
+    FRONT_HITS_KEY,
+    STATS,
+    VIEWS_KEY,
+)
 from crew7.services.cache.scripts import SOURCES
 
 # Where Debian's packages put nginx's dynamic modules (libnginx-mod-http-lua and the
@@ -164,6 +171,18 @@ def lua_settings(config, options):
         "families": families,
         "flush_interval": float(options.flush_interval),
         "max_batch": MAX_BATCH,
+        # Token images: /images/<kind>/<id>.svg is read from <key><id>.
+        "images": {
+            kind: {
+                "family": DOCUMENT_TYPES[f"{kind}_image"].family,
+                "key": options.key_prefix
+                + DOCUMENT_TYPES[f"{kind}_image"].key.partition("{id}")[0],
+            }
+            for kind in ("crew", "agent")
+        },
+        "content_type": {
+            DOCUMENT_TYPES[f"{kind}_image"].family: IMAGE_CONTENT_TYPE for kind in ("crew", "agent")
+        },
     }
 
 
@@ -199,6 +218,7 @@ def render_front_config(config, options):
         "app": options.app,
         "listen": options.listen,
         "proxy_read_timeout": options.proxy_read_timeout,
+        "image_csp": IMAGE_CSP,
     }
     for zone, (rate, burst) in limits.items():
         values[f"rate_{zone}"] = rate

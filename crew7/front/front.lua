@@ -115,7 +115,7 @@ local function respond(body, family, hits, viewed)
     ngx.send_headers()
     return ngx.exit(ngx.HTTP_OK)
   end
-  ngx.header["Content-Type"] = "application/json"
+  ngx.header["Content-Type"] = S.content_type[family] or "application/json"
   ngx.header["Content-Length"] = #body
   ngx.print(body)
   return ngx.exit(200)
@@ -204,6 +204,18 @@ function M.serve()
   local id = raw and id_of(raw)
   if not id then return ngx.exec(APP) end
   return serve_one(family, S.key_prefix .. template .. id .. suffix, id)
+end
+
+-- Every request of `location /images/`: a crew's or an agent's card (crew7/images),
+-- served like a document from its own key (S.images: kind -> family and key head).
+function M.serve_image()
+  if not S.enabled or ngx.req.get_method() ~= "GET" then return ngx.exec(APP) end
+  local path = ngx.var.request_uri:match("^([^?]*)")
+  local kind, raw = path:match("^/images/([a-z]+)/([0-9a-f]+)%.svg$")
+  local image = kind and S.images[kind]
+  local id = image and id_of(raw)
+  if not id then return ngx.exec(APP) end
+  return serve_one(image.family, image.key .. id, id)
 end
 
 -- At most this many crews' views per EVAL of the flush.

@@ -5,17 +5,21 @@ Pure: no database, no Redis (``tests/unit/test_changelog_expansion.py``).
 
 import logging
 
-from crew7.services.cache import AGENT, CREW, CREW_AGENTS
+from crew7.services.cache import AGENT, AGENT_IMAGE, CREW, CREW_AGENTS, CREW_IMAGE
 
 log = logging.getLogger("crew7.services.changelog")
 
 # kind -> the document families it invalidates for ref_id (see crew7.changelog_triggers)
 EXPANSION = {
-    "crew": (CREW, CREW_AGENTS),  # and each of the crew's agents, looked up when relayed
-    "crew_document": (CREW,),
+    # "crew": and each of the crew's agents (AGENTS_OF_A_CREW), looked up when relayed
+    "crew": (CREW, CREW_AGENTS, CREW_IMAGE),
+    "crew_document": (CREW, CREW_IMAGE),
     "crew_agents": (CREW_AGENTS,),
-    "agent": (AGENT,),
+    "agent": (AGENT, AGENT_IMAGE),
 }
+# What a ``crew`` entry invalidates for each of the crew's agents: a token image goes
+# with its document (crew7.invalidation).
+AGENTS_OF_A_CREW = (AGENT, AGENT_IMAGE)
 KINDS = frozenset(EXPANSION) | {"stats", "views"}
 
 
@@ -41,7 +45,8 @@ def expand(entries, agents_of_crew, key_of, stats_keys):
         elif kind in EXPANSION:
             keys.update(key_of[family](ref) for family in EXPANSION[kind])
             if kind == "crew":
-                keys.update(key_of[AGENT](a) for a in agents_of_crew.get(ref, ()))
+                for a in agents_of_crew.get(ref, ()):
+                    keys.update(key_of[family](a) for family in AGENTS_OF_A_CREW)
         else:
             log.warning("cache change log: unknown entry kind %r skipped", kind)
     return keys, sorted(views)

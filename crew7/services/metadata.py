@@ -43,6 +43,13 @@ def _urls(base_url, cdn_url):
     return (base_url or cfg["BASE_URL"]).rstrip("/"), (cdn_url or cfg["CDN_URL"]).rstrip("/")
 
 
+def _image_url(base, cdn, kind, ident):
+    """``<CDN_URL>/<kind>s/<id>.png`` when a CDN is configured, else this service's card."""
+    if cdn:
+        return f"{cdn}/{kind}s/{ident}.png"
+    return f"{base}/images/{kind}/{ident}.svg"
+
+
 def _is_default(base_url, cdn_url):
     cfg = current_app.config
     return (base_url is None or base_url.rstrip("/") == cfg["BASE_URL"]) and (
@@ -101,7 +108,7 @@ def build_crew_document(crew, stats, agent_count, base_url=None, cdn_url=None):
         {
             "name": crew.name,
             "description": crew.description or f"{crew.name}: a crew of AI agents on crew7.",
-            "image": f"{cdn}/crews/{crew.id}.png",
+            "image": _image_url(base, cdn, "crew", crew.id),
             "external_url": f"{base}/crews/{crew.id}",
             "attributes": attributes,
         }
@@ -116,7 +123,7 @@ def build_agent_document(agent, crew, base_url=None, cdn_url=None):
         {
             "name": agent.name,
             "description": agent.goal or agent.backstory or f"{agent.role} in {crew.name}",
-            "image": f"{cdn}/agents/{agent.id}.png",
+            "image": _image_url(base, cdn, "agent", agent.id),
             "external_url": f"{base}/agents/{agent.id}",
             "attributes": [
                 {"trait_type": "Role", "value": agent.role},

@@ -21,6 +21,9 @@ def test_a_crew_entry_covers_its_document_list_and_each_agent():
         "metadata:crew:7:agents",
         "metadata:agent:70",
         "metadata:agent:71",
+        "image:crew:7",
+        "image:agent:70",
+        "image:agent:71",
     }
     assert views == []
 
@@ -28,9 +31,9 @@ def test_a_crew_entry_covers_its_document_list_and_each_agent():
 @pytest.mark.parametrize(
     ("entry", "expected"),
     [
-        (("crew_document", 7), {"metadata:crew:7"}),
+        (("crew_document", 7), {"metadata:crew:7", "image:crew:7"}),
         (("crew_agents", 7), {"metadata:crew:7:agents"}),
-        (("agent", 70), {"metadata:agent:70"}),
+        (("agent", 70), {"metadata:agent:70", "image:agent:70"}),
         (("stats", None), set(STATS_KEYS)),
         (("views", 7), set()),
     ],
@@ -47,7 +50,7 @@ def test_a_deleted_crew_leaves_the_popularity_set_and_the_rankings():
 
 def test_a_batch_is_deduplicated_and_unknown_kinds_are_skipped():
     entries = [("crew_document", 1)] * 50 + [("crew_agents", 1), ("future_kind", 3)]
-    assert keys(entries)[0] == {"metadata:crew:1", "metadata:crew:1:agents"}
+    assert keys(entries)[0] == {"metadata:crew:1", "image:crew:1", "metadata:crew:1:agents"}
 
 
 def test_only_crew_entries_need_the_agents_looked_up():

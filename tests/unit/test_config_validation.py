@@ -53,6 +53,7 @@ def test_numbers_are_coerced(config, name, value, expected):
         ("BREAKER_COOLDOWN", -1, "must be at least 0.0"),
         ("REDIS_SOCKET_TIMEOUT", "soon", "expected a number"),
         ("BASE_URL", "ftp://x", "expected a URL with scheme http or https"),
+        ("CDN_URL", "cdn.example", "expected a URL with scheme http or https"),
         ("REDIS_URL", "http://localhost", "redis or rediss or unix"),
         ("SQLALCHEMY_DATABASE_URI", "nowhere", "DATABASE_URL"),
         ("CACHE_NAMESPACE", "has space", "no spaces"),
@@ -87,7 +88,15 @@ def test_settings_that_contradict_each_other(config, changes, named):
 
 def test_urls_lose_their_trailing_slash(config):
     config["BASE_URL"] = "https://app.example/"
+    config["CDN_URL"] = "https://cdn.example/"
     assert validate_config(config)["BASE_URL"] == "https://app.example"
+    assert config["CDN_URL"] == "https://cdn.example"
+
+
+@pytest.mark.parametrize("unset", ["", None])
+def test_cdn_url_is_optional(config, unset):
+    config["CDN_URL"] = unset
+    assert validate_config(config)["CDN_URL"] == ""
 
 
 def test_nodes():

@@ -69,6 +69,15 @@ def test_urls_can_be_given_per_call(config_app):
     assert doc["external_url"] == "https://other.example/crews/7"
 
 
+def test_without_a_cdn_images_are_served_here(config_app):
+    config_app.config["CDN_URL"] = ""
+    assert build_crew_document(_crew(), None, 0)["image"] == "https://app.example/images/crew/7.svg"
+    doc = build_agent_document(_agent(), _crew())
+    assert doc["image"] == "https://app.example/images/agent/11.svg"
+    other = build_crew_document(_crew(), None, 0, base_url="https://other.example/")
+    assert other["image"] == "https://other.example/images/crew/7.svg"
+
+
 def _agent(**fields):
     values = {
         "id": 11,

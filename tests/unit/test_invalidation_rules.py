@@ -4,10 +4,13 @@ import pytest
 
 from crew7.invalidation import VIEWS, affected
 from crew7.models import Agent, Crew, Run, User
-from crew7.services.cache import AGENT, CREW, CREW_AGENTS, STATS
+from crew7.services.cache import AGENT, AGENT_IMAGE, CREW, CREW_AGENTS, CREW_IMAGE, STATS
 
-CREW_DOCS = {(CREW, 1), (CREW_AGENTS, 1)}
-AGENTS = {(AGENT, 5), (AGENT, 6)}
+# A token image goes wherever its document goes.
+CREW_DOCS = {(CREW, 1), (CREW_AGENTS, 1), (CREW_IMAGE, 1)}
+AGENTS = {(AGENT, 5), (AGENT, 6), (AGENT_IMAGE, 5), (AGENT_IMAGE, 6)}
+AGENT_3 = {(AGENT, 3), (AGENT_IMAGE, 3)}
+CREW_1 = {(CREW, 1), (CREW_IMAGE, 1)}
 
 
 @pytest.mark.parametrize(
@@ -29,9 +32,9 @@ def test_crew_changes(change, fields, expected):
 @pytest.mark.parametrize(
     ("change", "fields", "expected"),
     [
-        ("insert", set(), {(AGENT, 3), (CREW_AGENTS, 1), (CREW, 1)}),
-        ("delete", set(), {(AGENT, 3), (CREW_AGENTS, 1), (CREW, 1)}),
-        ("update", {"tools"}, {(AGENT, 3), (CREW_AGENTS, 1)}),
+        ("insert", set(), AGENT_3 | CREW_1 | {(CREW_AGENTS, 1)}),
+        ("delete", set(), AGENT_3 | CREW_1 | {(CREW_AGENTS, 1)}),
+        ("update", {"tools"}, AGENT_3 | {(CREW_AGENTS, 1)}),
         ("update", {"updated_at"}, set()),
     ],
 )
@@ -42,9 +45,9 @@ def test_agent_changes(change, fields, expected):
 @pytest.mark.parametrize(
     ("change", "fields", "expected"),
     [
-        ("insert", set(), {(CREW, 1)}),
-        ("delete", set(), {(CREW, 1)}),
-        ("update", {"status", "finished_at"}, {(CREW, 1)}),
+        ("insert", set(), CREW_1),
+        ("delete", set(), CREW_1),
+        ("update", {"status", "finished_at"}, CREW_1),
         ("update", {"finished_at"}, set()),  # no document shows it
     ],
 )

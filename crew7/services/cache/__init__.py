@@ -5,6 +5,8 @@ Keys (``CACHE_NAMESPACE`` is prepended, empty by default)::
     metadata:crew:{crew_id}          a crew's document (JSON text)
     metadata:agent:{agent_id}        an agent's document
     metadata:crew:{crew_id}:agents   the documents of a crew's agents (a JSON list)
+    image:crew:{crew_id}             a crew's token image (SVG, built from its document)
+    image:agent:{agent_id}           an agent's token image
     stats:popular_crews              GET /stats/popular-crews
     stats:leaderboard:{type}         GET /stats/leaderboard/<type>
     stats:crew_views                 sorted set: metadata views per crew (popularity)
@@ -60,8 +62,10 @@ from crew7.services.cache.client import (
 from crew7.services.cache.counters import Counters, HitRateWindow
 from crew7.services.cache.documents import (
     AGENT,
+    AGENT_IMAGE,
     CREW,
     CREW_AGENTS,
+    CREW_IMAGE,
     DOCUMENT_TYPES,
     FAMILIES,
     LEADERBOARD_TYPES,
@@ -76,8 +80,10 @@ from crew7.services.cache.service import CacheService, get_cache_service, run_in
 
 __all__ = [
     "AGENT",
+    "AGENT_IMAGE",
     "CREW",
     "CREW_AGENTS",
+    "CREW_IMAGE",
     "DOCUMENT_TYPES",
     "FAMILIES",
     "LEADERBOARD_TYPES",

@@ -18,6 +18,9 @@ CREW = "crew"
 AGENT = "agent"
 CREW_AGENTS = "crew_agents"
 STATS = "stats"
+# Token images (SVG cards built from the crew's or agent's document).
+CREW_IMAGE = "crew_image"
+AGENT_IMAGE = "agent_image"
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,8 @@ FAMILIES = {
     AGENT: Family("METADATA_TTL", 0.005),
     CREW_AGENTS: Family("METADATA_TTL", 0.01),
     STATS: Family("STATS_TTL", 0.05),
+    CREW_IMAGE: Family("METADATA_TTL", 0.01),
+    AGENT_IMAGE: Family("METADATA_TTL", 0.005),
 }
 
 LEADERBOARD_TYPES = ("runs", "success-rate")
@@ -67,6 +72,8 @@ DOCUMENT_TYPES = {
         DocumentType("crew", CREW, "metadata:crew:{id}", "METADATA_TTL"),
         DocumentType("agent", AGENT, "metadata:agent:{id}", "METADATA_TTL"),
         DocumentType("crew_agents", CREW_AGENTS, "metadata:crew:{id}:agents", "METADATA_TTL"),
+        DocumentType("crew_image", CREW_IMAGE, "image:crew:{id}", "METADATA_TTL"),
+        DocumentType("agent_image", AGENT_IMAGE, "image:agent:{id}", "METADATA_TTL"),
         DocumentType("popular_crews", STATS, "stats:popular_crews", "POPULAR_CREWS_TTL"),
         DocumentType("leaderboard", STATS, "stats:leaderboard:{id}", "STATS_TTL"),
     )

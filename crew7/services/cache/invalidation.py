@@ -119,11 +119,12 @@ class Invalidation:
         return len(self._pending)
 
     def keys_affected_by_crew(self, crew_id, agent_ids=()):
-        """Every document a change to the crew affects: the crew, its agents list and
-        each of ``agent_ids`` (its agents)."""
-        return [self.crew_key(crew_id), self.crew_agents_key(crew_id)] + [
-            self.agent_key(a) for a in agent_ids
-        ]
+        """Every document a change to the crew affects: the crew, its agents list, its
+        image, and each of ``agent_ids`` (its agents) and their images."""
+        keys = [self.crew_key(crew_id), self.crew_agents_key(crew_id), self.crew_image_key(crew_id)]
+        for a in agent_ids:
+            keys += [self.agent_key(a), self.agent_image_key(a)]
+        return keys
 
     def invalidate_all_crew_metadata(self, crew_id, agent_ids):
         """The crew, its agents list and each of its agents (``agent_ids``)."""

@@ -104,6 +104,8 @@ class CacheService(ReadThrough, Invalidation, Popularity):
         self.crew_key = key["crew"]
         self.agent_key = key["agent"]
         self.crew_agents_key = key["crew_agents"]
+        self.crew_image_key = key["crew_image"]
+        self.agent_image_key = key["agent_image"]
         self.popular_key = key["popular_crews"]
         self.leaderboard_key = key["leaderboard"]
         self._views_key = self.prefix + VIEWS_KEY
@@ -234,6 +236,8 @@ class CacheService(ReadThrough, Invalidation, Popularity):
         families = {
             "crew": DOCUMENT_TYPES["crew"].pattern(self.prefix),
             "agent": DOCUMENT_TYPES["agent"].pattern(self.prefix),
+            "crew_image": DOCUMENT_TYPES["crew_image"].pattern(self.prefix),
+            "agent_image": DOCUMENT_TYPES["agent_image"].pattern(self.prefix),
             "stats": f"{self.prefix}stats:*",
         }
         out = {"keys": {}, "memory_used": None, "available": True}
