@@ -209,6 +209,7 @@ def register_errorhandlers(app):
 
 def register_blueprints(app):
     from crew7.crews.views import blp as crews_blp
+    from crew7.docs.views import bp as docs_bp
     from crew7.health.views import bp as health_bp
     from crew7.metadata.contract import blp as contract_blp
     from crew7.metadata.views import blp as metadata_blp
@@ -222,6 +223,7 @@ def register_blueprints(app):
     api.register_blueprint(contract_blp)
     api.register_blueprint(rankings_blp)
     app.register_blueprint(health_bp)
+    app.register_blueprint(docs_bp)
     app.register_blueprint(ops_bp)
     register_request_metrics(app)
     if app.config["BENCH_ROUTES"]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from urllib.parse import urlsplit
 
+from crew7.docs.views import DOCS_CSP
 from crew7.metadata.views import MAX_BATCH
 from crew7.services.cache.documents import FAMILIES, FRONT_HITS_KEY, STATS, VIEWS_KEY
 from crew7.services.cache.scripts import SOURCES
@@ -204,6 +205,7 @@ def render_front_config(config, options):
         "app": options.app,
         "listen": options.listen,
         "proxy_read_timeout": options.proxy_read_timeout,
+        "docs_csp": DOCS_CSP,
     }
     for zone, (rate, burst) in limits.items():
         values[f"rate_{zone}"] = rate
