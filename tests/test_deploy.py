@@ -286,22 +286,6 @@ def test_nginx_config_stores_nothing_and_limits_every_public_route():
     assert re.search(r"^\s*gzip_types [^;]*application/json", text, re.MULTILINE)
 
 
-def test_nginx_sends_the_apps_docs_policy_for_the_docs_page_only():
-    from crew7.docs.views import DOCS_CSP
-
-    text = NGINX_CONF.read_text()
-    block = re.search(r"map \$uri \$crew7_csp \{\n(.*?)\n    \}", text, re.DOTALL)
-    policies = dict(re.findall(r'^\s*(\S+)\s+"(.*?)";$', block.group(1), re.MULTILINE))
-    assert policies == {
-        "default": "default-src 'none'; frame-ancestors 'none'",
-        "~^/docs(/|$)": DOCS_CSP,
-    }
-    assert re.search(r"^\s*add_header Content-Security-Policy \$crew7_csp always;$", text, re.M)
-    # Swagger UI's script and style sheet (1.9 MB) are compressed like the JSON.
-    (types,) = re.findall(r"^\s*gzip_types ([^;]*);", text, re.MULTILINE)
-    assert {"text/css", "text/javascript", "application/json"} <= set(types.split())
-
-
 def test_nginx_error_bodies_have_the_apps_shape():
     from crew7.errors import _CODES
 

@@ -1,6 +1,7 @@
 """The API docs page (GET /docs): Swagger UI over /openapi.json from the app's own assets,
 under a Content-Security-Policy of the app's origin only; and in a real browser."""
 
+import http.client
 import json
 import re
 import urllib.request
@@ -104,23 +105,103 @@ def test_the_page_is_not_an_api_operation(client):
     assert not [path for path in spec["paths"] if path.startswith("/docs")]
 
 
-@pytest.mark.gunicorn
-def test_a_browser_renders_every_operation(tmp_path, redis_server):
-    """gunicorn serves the page; headless Chromium runs Swagger UI and lists the operations
-    (no network needed: every asset comes from 127.0.0.1)."""
-    from tests.support.browser import chromium_binary, dump_dom
+def test_nginx_sends_the_apps_docs_policy_for_the_docs_page_only():
+    """deploy/nginx.conf (rendered from crew7/front): the docs policy is DOCS_CSP, on /docs
+    and its assets only; Swagger UI's script and styles are compressed like the JSON."""
+    from tests.support.nginx import NGINX_CONF
+
+    text = NGINX_CONF.read_text()
+    block = re.search(r"map \$uri \$crew7_csp \{\n(.*?)\n    \}", text, re.DOTALL)
+    policies = dict(re.findall(r'^\s*(\S+)\s+"(.*?)";$', block.group(1), re.MULTILINE))
+    assert policies == {
+        "default": "default-src 'none'; frame-ancestors 'none'",
+        "~^/docs(/|$)": DOCS_CSP,
+    }
+    assert re.search(r"^\s*add_header Content-Security-Policy \$crew7_csp always;$", text, re.M)
+    (types,) = re.findall(r"^\s*gzip_types ([^;]*);", text, re.MULTILINE)
+    assert {"text/css", "text/javascript", "application/json"} <= set(types.split())
+
+
+# --- for real: gunicorn, nginx in front of it, a browser ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, redis_server):
+    """gunicorn (1 worker) serving the app on an empty SQLite file: the page and the
+    OpenAPI document read no data."""
     from tests.support.gunicorn import GunicornServer, served_env
 
-    chromium_binary()
+    folder = tmp_path_factory.mktemp("docs")
     env = served_env(
-        f"sqlite:///{tmp_path / 'crew7.sqlite3'}", redis_server.url, CACHE_CHANGELOG_INTERVAL=0
+        f"sqlite:///{folder / 'crew7.sqlite3'}",
+        redis_server.url,
+        CACHE_CHANGELOG_INTERVAL=0,
+        BEHIND_PROXY=True,
     )
     with GunicornServer(env, workers=1) as server:
-        dom = dump_dom(server.url + "/docs", budget_ms=10_000)
-        with urllib.request.urlopen(server.url + "/openapi.json", timeout=10) as answer:
-            spec = json.loads(answer.read())
+        yield server
+
+
+@pytest.fixture(scope="module")
+def front_port(served):
+    """nginx with the front's rendered config in front of that gunicorn."""
+    from tests.support.nginx import running_nginx
+
+    with running_nginx(f"127.0.0.1:{served.port}") as port:
+        yield port
+
+
+def _get(port, path):
+    """(status, headers as received, body) for a gzip-accepting GET."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path, headers={"Accept-Encoding": "gzip"})
+        response = conn.getresponse()
+        return response.status, response.msg, response.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.gunicorn
+@pytest.mark.nginx
+def test_the_docs_page_and_its_assets_through_nginx(served, front_port):
+    """/docs reaches the app (the API's location and rate limit) under the app's docs
+    policy, sent once; the script is compressed; other paths keep the JSON policy."""
+    for path in ("/docs", "/docs/assets/swagger-ui-bundle.js", "/docs/assets/docs.js"):
+        status, headers, data = _get(front_port, path)
+        assert status == 200, (path, data[:200])
+        assert headers.get_all("Content-Security-Policy") == [DOCS_CSP], path
+        assert headers.get_all("X-Content-Type-Options") == ["nosniff"], path
+        assert headers["X-Frame-Options"] == "DENY"
+    status, headers, data = _get(front_port, "/docs/assets/swagger-ui-bundle.js")
+    assert headers["Content-Encoding"] == "gzip" and len(data) < 1_000_000
+    json_policy = "default-src 'none'; frame-ancestors 'none'"
+    for path, policy in (
+        ("/docsx", json_policy),
+        ("/openapi.json", json_policy),
+        ("/docs/assets/nope.js", DOCS_CSP),
+    ):
+        status, headers, data = _get(front_port, path)
+        assert headers.get_all("Content-Security-Policy") == [policy], path
+
+
+@pytest.mark.gunicorn
+@pytest.mark.parametrize("through", ["gunicorn", pytest.param("nginx", marks=pytest.mark.nginx)])
+def test_a_browser_renders_every_operation(served, request, through):
+    """Headless Chromium opens /docs (straight from gunicorn, then through nginx and its
+    policy), runs Swagger UI and lists every operation; no network needed: every asset
+    comes from 127.0.0.1."""
+    from tests.support.browser import chromium_binary, dump_dom
+
+    chromium_binary()
+    if through == "nginx":
+        url = f"http://127.0.0.1:{request.getfixturevalue('front_port')}"
+    else:
+        url = served.url
+    dom = dump_dom(url + "/docs", budget_ms=10_000)
+    with urllib.request.urlopen(served.url + "/openapi.json", timeout=10) as answer:
+        spec = json.loads(answer.read())
     rendered = set(re.findall(r'class="opblock-summary-path" data-path="([^"]+)"', dom))
     assert "/metadata/crew/{token_id}" in rendered, dom[-3000:]
     assert "/metadata/contract/{collection}" in rendered
     assert rendered == set(spec["paths"])
-    assert 'class="title"' in dom and "crew7" in dom
