@@ -175,3 +175,33 @@ def test_through_gunicorn_every_worker_serves_the_same_bytes(tmp_path, redis_ser
         assert status == 200 and json.loads(data)["seller_fee_basis_points"] == 0
         status, _, data = request(server.port, "GET", "/metadata/contract/nope")
         assert status == 404 and json.loads(data)["error"]["code"] == "not_found"
+
+
+@pytest.mark.gunicorn
+@pytest.mark.nginx
+def test_through_the_front_the_apps_bytes_and_headers(tmp_path, redis_server):
+    """nginx's /metadata/ location hands these paths to the app (the front's Redis hit
+    path serves token documents only): the same bytes, ETag and 304, plus nginx's headers."""
+    from tests.support.gunicorn import GunicornServer, served_env
+    from tests.support.nginx import running_nginx
+
+    env = served_env(
+        f"sqlite:///{tmp_path / 'crew7.sqlite3'}", redis_server.url, CACHE_CHANGELOG_INTERVAL=0
+    )
+    with (
+        GunicornServer(env, workers=1) as server,
+        running_nginx(f"127.0.0.1:{server.port}") as port,
+    ):
+        direct = request(server.port, "GET", "/metadata/contract/agents")
+        status, headers, data = request(port, "GET", "/metadata/contract/agents")
+        assert status == 200 and data == direct[2]
+        assert headers["etag"] == direct[1]["etag"]
+        assert headers["access-control-allow-origin"] == "*"
+        assert headers["cache-control"] == direct[1]["cache-control"]
+        assert headers["x-content-type-options"] == "nosniff"
+        status, headers, data = request(
+            port, "GET", "/metadata/contract/agents", headers={"If-None-Match": headers["etag"]}
+        )
+        assert status == 304 and data == b""
+        status, headers, data = request(port, "GET", "/metadata/contract/nope")
+        assert status == 404 and json.loads(data)["error"]["code"] == "not_found"
