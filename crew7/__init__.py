@@ -34,6 +34,9 @@ def create_app(test_config=None):
 
 def load_config(app, test_config):
     app.config.from_object(DefaultConfig)
+    # Each app its own copy of a mapping default: from_prefixed_env writes a nested name
+    # (CREW7_CONTRACT_CREWS__name) into the mapping it finds, which would be the class's.
+    app.config.update({k: dict(v) for k, v in app.config.items() if isinstance(v, dict)})
     app.config.from_pyfile("config.py", silent=True)
     # The conventional variables, then CREW7_<NAME> for every setting, then the test dict.
     for name in ("DATABASE_URL", "REDIS_URL"):
@@ -52,6 +55,9 @@ def load_config(app, test_config):
         app.config["SQLALCHEMY_DATABASE_URI"]
     )
     validate_config(app.config)
+    from crew7.services.contract import check_contract_settings
+
+    check_contract_settings(app.config)
     from crew7.services.cache import document_type_problems
 
     problems = document_type_problems(app.config)
@@ -203,8 +209,10 @@ def register_errorhandlers(app):
 
 def register_blueprints(app):
     from crew7.crews.views import blp as crews_blp
+    from crew7.docs.views import bp as docs_bp
     from crew7.health.views import bp as health_bp
     from crew7.images.views import blp as images_blp
+    from crew7.metadata.contract import blp as contract_blp
     from crew7.metadata.views import blp as metadata_blp
     from crew7.ops.views import bp as ops_bp
     from crew7.ops.views import register_request_metrics
@@ -215,8 +223,10 @@ def register_blueprints(app):
     api.register_blueprint(crews_blp)
     api.register_blueprint(metadata_blp)
     api.register_blueprint(images_blp)
+    api.register_blueprint(contract_blp)
     api.register_blueprint(rankings_blp)
     app.register_blueprint(health_bp)
+    app.register_blueprint(docs_bp)
     app.register_blueprint(ops_bp)
     app.register_blueprint(webhooks_bp)
     register_request_metrics(app)

@@ -33,6 +33,12 @@ class DefaultConfig:
     # Where the documents' images are: unset, this service draws them (/images/...);
     # set, <CDN_URL>/crews/<id>.png and <CDN_URL>/agents/<id>.png.
     CDN_URL = ""
+    # Contract-level metadata (/metadata/contract/<collection>): fields that replace the
+    # defaults (crew7/services/contract.py), e.g. {"seller_fee_basis_points": 250,
+    # "fee_recipient": "0x..."}; from the environment as JSON, or one field at a time
+    # (CREW7_CONTRACT_CREWS__fee_recipient=0x...).
+    CONTRACT_CREWS = {}
+    CONTRACT_AGENTS = {}
 
     # Cache: TTLs in seconds and the Redis key namespace ("" = keys exactly as documented).
     METADATA_CACHE_ENABLED = True

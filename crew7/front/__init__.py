@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from urllib.parse import urlsplit
 
+from crew7.docs.views import DOCS_CSP
 from crew7.images.views import IMAGE_CONTENT_TYPE, IMAGE_CSP
 from crew7.metadata.views import MAX_BATCH
 from crew7.services.cache.documents import (
@@ -219,6 +220,7 @@ def render_front_config(config, options):
         "listen": options.listen,
         "proxy_read_timeout": options.proxy_read_timeout,
         "image_csp": IMAGE_CSP,
+        "docs_csp": DOCS_CSP,
     }
     for zone, (rate, burst) in limits.items():
         values[f"rate_{zone}"] = rate

@@ -1,0 +1,1 @@
+"""The API docs page: Swagger UI over /openapi.json, from assets the app serves itself."""
