@@ -10,6 +10,7 @@ from html.parser import HTMLParser
 import pytest
 
 from crew7.docs.views import ASSETS, DOCS_CSP
+from crew7.images.views import IMAGE_CSP
 from tests.support.app import make_app
 
 # Every place a page can name another resource.
@@ -115,6 +116,7 @@ def test_nginx_sends_the_apps_docs_policy_for_the_docs_page_only():
     policies = dict(re.findall(r'^\s*(\S+)\s+"(.*?)";$', block.group(1), re.MULTILINE))
     assert policies == {
         "default": "default-src 'none'; frame-ancestors 'none'",
+        "~^/images/": IMAGE_CSP,
         "~^/docs(/|$)": DOCS_CSP,
     }
     assert re.search(r"^\s*add_header Content-Security-Policy \$crew7_csp always;$", text, re.M)
