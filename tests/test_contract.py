@@ -2,11 +2,13 @@
 the settings, served with the token documents' headers, through Flask and gunicorn."""
 
 import json
+from xml.etree import ElementTree
 
 import pytest
 import redis
 
 from crew7 import ConfigError
+from crew7.images.views import IMAGE_CSP
 from crew7.metadata.views import etag_of
 from crew7.services import contract as contract_service
 from tests.support.app import make_app
@@ -46,7 +48,7 @@ def test_documents_from_the_defaults_and_the_settings(contract_app):
     assert crews == {
         "name": "crew7 Crews",
         "description": crews["description"],
-        "image": "https://crew7.example/images/crews.png",
+        "image": "https://crew7.example/images/collection/crews.svg",
         "external_link": "https://crew7.example/crews",
     }
     agents = _document(client.get("/metadata/contract/agents"))
@@ -205,3 +207,29 @@ def test_through_the_front_the_apps_bytes_and_headers(tmp_path, redis_server):
         assert status == 304 and data == b""
         status, headers, data = request(port, "GET", "/metadata/contract/nope")
         assert status == 404 and json.loads(data)["error"]["code"] == "not_found"
+
+
+def test_the_default_image_is_the_collections_card(contract_app):
+    """The default ``image`` is served here: an SVG card of the collection's document,
+    its text escaped, with the token images' headers and 304s; other names are 404s."""
+    app = contract_app(
+        BASE_URL="https://crew7.example/",
+        CONTRACT_AGENTS={"name": "<script>x</script>", "description": "]]> &amp; <svg/>"},
+    )
+    client = app.test_client()
+    for collection in ("crews", "agents"):
+        document = _document(client.get(f"/metadata/contract/{collection}"))
+        path = f"/images/collection/{collection}.svg"
+        assert document["image"] == f"https://crew7.example{path}"
+        answer = client.get(path)
+        assert answer.status_code == 200 and answer.content_type == "image/svg+xml"
+        assert answer.headers["Content-Security-Policy"] == IMAGE_CSP
+        svg = ElementTree.fromstring(answer.get_data())
+        texts = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")]
+        assert document["name"] in texts
+        assert not [e for e in svg.iter() if e.tag.endswith("script")]
+        again = client.get(path, headers={"If-None-Match": answer.headers["ETag"]})
+        assert again.status_code == 304 and again.headers["ETag"] == answer.headers["ETag"]
+    for path in ("/images/collection/users.svg", "/images/collection/crews.png"):
+        answer = client.get(path)
+        assert answer.status_code == 404 and answer.is_json, path

@@ -60,10 +60,10 @@ def _band_colours(path, box):
         return len(band.getcolors(maxcolors=1 << 20) or [])
 
 
-@pytest.mark.parametrize("kind", ["crew", "agent"])
+@pytest.mark.parametrize("kind", ["crew", "agent", "collection"])
 def test_a_card_renders_in_a_browser(served, kind):
     port, crew_id, agent_id, folder = served
-    ident = crew_id if kind == "crew" else agent_id
+    ident = {"crew": crew_id, "agent": agent_id, "collection": "crews"}[kind]
     url = f"http://127.0.0.1:{port}/images/{kind}/{ident}.svg"
     status, headers, _ = http(port, "GET", f"/images/{kind}/{ident}.svg")
     assert status == 200 and headers["content-type"] == "image/svg+xml"

@@ -225,3 +225,28 @@ def agent_card(document, agent_id):
         + _text(36, 552, f"Crew: {clean(a.get('Crew', ''))}", 18, max_width=528, fill="#b8bfd0")
     )
     return _frame("agent", agent_id, name, body)
+
+
+def _lines(text, font_size, max_width, count):
+    """``text`` wrapped at spaces into at most ``count`` lines of ``max_width``, the last
+    one cut with an ellipsis when the text is longer."""
+    words, lines = clean(text).split(" "), []
+    while words and len(lines) < count:
+        line = words.pop(0)
+        while words and text_width(f"{line} {words[0]}", font_size) <= max_width:
+            line = f"{line} {words.pop(0)}"
+        lines.append(line)
+    if words:
+        lines[-1] = f"{lines[-1]} {' '.join(words)}"
+    return [fit(line, font_size, max_width) for line in lines]
+
+
+def collection_card(document, collection):
+    """A collection's card (its contract-level ``image``): name and description."""
+    name = document.get("name", "")
+    accent = palette("collection", collection)[3]
+    body = _text(36, 346, "COLLECTION", 16, max_width=520, weight="bold", fill=accent)
+    body += _text(36, 396, name, 38, max_width=528, weight="bold")
+    for i, line in enumerate(_lines(document.get("description", ""), 20, 528, 5)):
+        body += _text(36, 442 + 30 * i, line, 20, max_width=528, fill="#d8dce6")
+    return _frame("collection", collection, name, body)

@@ -48,7 +48,7 @@ def default_contract_metadata(collection, base_url):
     return {
         "name": f"crew7 {collection.capitalize()}",
         "description": _DESCRIPTIONS[collection],
-        "image": f"{base_url}/images/{collection}.png",
+        "image": f"{base_url}/images/collection/{collection}.svg",
         "external_link": f"{base_url}/{collection}",
     }
 

@@ -29,7 +29,7 @@ def test_defaults_name_the_collection_and_point_at_base_url():
     crews = contract_metadata(_config(), "crews")
     assert crews == default_contract_metadata("crews", "https://app.example/")
     assert crews["name"] == "crew7 Crews"
-    assert crews["image"] == "https://app.example/images/crews.png"
+    assert crews["image"] == "https://app.example/images/collection/crews.svg"
     assert crews["external_link"] == "https://app.example/crews"
     agents = contract_metadata(_config(), "agents")
     assert agents["name"] == "crew7 Agents" and agents["external_link"].endswith("/agents")
