@@ -19,7 +19,7 @@ from tests.support.browser import screenshot  # noqa: E402
 from tests.support.gunicorn import GunicornServer, served_env  # noqa: E402
 from tests.support.processes import free_port  # noqa: E402
 
-WIDTH, HEIGHT = 1280, 1600
+WIDTH, HEIGHT = 1280, 2000
 
 
 def main(out):

@@ -166,8 +166,8 @@ def crews_metadata():
     "from error.oldest_cursor (null when nothing is kept)",
 )
 def metadata_updates(args):
-    """Changes to public documents in commit order, as ERC-4906 events (``after`` a
-    cursor; see the README's "Change feed")."""
+    """Changes to public documents in commit order, as ERC-4906 events, after a cursor
+    (see the README's "Change feed")."""
     try:
         page = feed.read_feed(args.get("after"), args["limit"])
     except feed.BadCursor:
