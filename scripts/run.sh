@@ -48,7 +48,11 @@ stop_started() {
 
 on_exit() {
     local status=$?
-    trap - EXIT INT TERM
+    # Ignored, not reset, while stopping: a second signal (make passes its TERM on to this
+    # script, which already had the process group's) must not end the script halfway,
+    # leaving Redis or the front running.
+    trap - EXIT
+    trap '' INT TERM
     stop_started
     exit "$status"
 }
