@@ -55,6 +55,7 @@ def test_requests_answer_while_redis_is_down(fragile_app, own_redis, caplog, fau
             "/stats/leaderboard/runs",
             f"/crews/{cid}",
         ]
+        errors_before = cache.counters.redis_errors
         slow = []
         for n in range(40):
             url = urls[n % len(urls)]
@@ -67,10 +68,12 @@ def test_requests_answer_while_redis_is_down(fragile_app, own_redis, caplog, fau
         )
         assert r.status_code == 200
         assert body(client.get(f"/metadata/crew/{cid}"))["name"] == "Written during outage"
-        # Only the calls before the breaker opened waited for a timeout (0.25 s each).
-        # A request that waited for Redis took a whole socket timeout (0.25 s).
-        assert sum(1 for t in slow if t >= 0.24) <= 3, [round(t, 3) for t in slow]
-        assert sum(slow) < 3.0
+        # Only the calls before the breaker opened met Redis's failure (a socket timeout of
+        # 0.25 s each when it is frozen): counted, not guessed from timings, which a busy
+        # machine stretches past 0.25 s for a request served from the database.
+        errors = cache.counters.redis_errors - errors_before
+        assert errors <= cache.breaker.threshold, (errors, [round(t, 3) for t in slow])
+        assert sum(slow) < 0.25 * errors + 40 * 0.1, [round(t, 3) for t in slow]
         assert cache.breaker.state in ("open", "half-open")
         assert cache.counters.bypasses >= 30
         assert breaker_messages(caplog) and len(breaker_messages(caplog)) == 1
