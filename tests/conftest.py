@@ -200,3 +200,30 @@ def bob(app):
 @pytest.fixture
 def cache(app):
     return app.extensions["crew7.cache"]
+
+
+@pytest.fixture
+def outside_sql(database_url):
+    """Run SQL as psql or sqlite3 would: its own connection, committed at once, so no
+    session event of the app sees it (only the database's triggers and the relay)."""
+    from sqlalchemy import text
+
+    engine = support_app.outside_engine(database_url)
+
+    def run(*statements, **params):
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.execute(text(statement), params)
+
+    yield run
+    engine.dispose()
+
+
+@pytest.fixture
+def relay(app):
+    """The relay thread a serving process runs (gunicorn starts it in post_worker_init)."""
+    from crew7.services.changelog import get_relay, start_relay
+
+    start_relay(app)
+    yield get_relay(app)
+    get_relay(app).stop()

@@ -14,36 +14,12 @@ import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from tests.support.app import make_user, outside_engine
+from tests.support.app import make_user
 from tests.support.helpers import attrs, body, seed_crew
 from tests.support.processes import wait_until
 from tests.support.servers import RedisServer, running
 
 POLL_BOUND = 1.0  # seconds: four polls of 0.25 s
-
-
-@pytest.fixture
-def outside_sql(database_url):
-    """Run SQL as psql or sqlite3 would: its own connection, committed at once."""
-    engine = outside_engine(database_url)
-
-    def run(*statements, **params):
-        with engine.begin() as conn:
-            for statement in statements:
-                conn.execute(text(statement), params)
-
-    yield run
-    engine.dispose()
-
-
-@pytest.fixture
-def relay(app):
-    """The relay thread a serving process runs (gunicorn starts it in post_worker_init)."""
-    from crew7.services.changelog import get_relay, start_relay
-
-    start_relay(app)
-    yield get_relay(app)
-    get_relay(app).stop()
 
 
 @pytest.fixture

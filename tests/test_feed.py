@@ -14,20 +14,6 @@ from tests.support.app import outside_engine
 from tests.support.helpers import seed_crew
 
 
-@pytest.fixture
-def outside_sql(database_url):
-    """Run SQL as psql or sqlite3 would: its own connection, committed at once."""
-    engine = outside_engine(database_url)
-
-    def run(*statements, **params):
-        with engine.begin() as conn:
-            for statement in statements:
-                conn.execute(text(statement), params)
-
-    yield run
-    engine.dispose()
-
-
 def read(client, after=None, limit=None):
     query = {k: v for k, v in (("after", after), ("limit", limit)) if v is not None}
     response = client.get("/metadata/updates", query_string=query)

@@ -5,11 +5,10 @@ including SQL made outside the app (the change log's relay)."""
 import xml.etree.ElementTree as ET
 
 import pytest
-from sqlalchemy import text
 
 from crew7.images.views import IMAGE_CSP
 from crew7.services.cards import clean, fit
-from tests.support.app import make_user, outside_engine
+from tests.support.app import make_user
 from tests.support.helpers import body, seed_crew
 from tests.support.processes import wait_until
 from tests.support.servers import RedisServer, running
@@ -211,28 +210,6 @@ def test_cards_are_drawn_while_redis_is_down_and_not_stale_after(app_factory, ow
 
 
 # -- SQL outside the app: the change log's relay ------------------------------------
-
-
-@pytest.fixture
-def outside_sql(database_url):
-    engine = outside_engine(database_url)
-
-    def run(*statements, **params):
-        with engine.begin() as conn:
-            for statement in statements:
-                conn.execute(text(statement), params)
-
-    yield run
-    engine.dispose()
-
-
-@pytest.fixture
-def relay(app):
-    from crew7.services.changelog import get_relay, start_relay
-
-    start_relay(app)
-    yield get_relay(app)
-    get_relay(app).stop()
 
 
 @pytest.fixture

@@ -8,7 +8,12 @@ import pytest
 
 from crew7.services.webhooks.delivery import Deliverer
 from tests.support.app import db_scalar, make_user
-from tests.support.webhook_receiver import WebhookReceiver, check_delivered_in_order, event_key
+from tests.support.webhook_receiver import (
+    WebhookReceiver,
+    check_delivered_in_order,
+    event_key,
+    feed_cursors,
+)
 
 SECRET = "whsec_0123456789abcdef"
 FAST = {
@@ -35,19 +40,6 @@ def admin(wh_app):
 @pytest.fixture
 def writer(wh_app):
     return make_user(wh_app, "alice")
-
-
-def feed_cursors(app, after=None):
-    from crew7.services.feed import read_feed
-
-    cursors = []
-    with app.app_context():
-        while True:
-            page = read_feed(after, 100)
-            cursors += [event_key(e) for e in page.events]
-            after = page.events[-1]["cursor"] if page.events else after
-            if not page.has_more:
-                return cursors
 
 
 def key(cursor):

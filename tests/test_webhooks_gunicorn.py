@@ -15,7 +15,11 @@ from tests.support.app import database_url_for, make_app, make_user, reset_schem
 from tests.support.gunicorn import GunicornServer, served_env
 from tests.support.processes import wait_until
 from tests.support.raw_http import request
-from tests.support.webhook_receiver import WebhookReceiver, check_delivered_in_order, event_key
+from tests.support.webhook_receiver import (
+    WebhookReceiver,
+    check_delivered_in_order,
+    feed_cursors,
+)
 
 pytestmark = [pytest.mark.gunicorn, pytest.mark.slow]
 
@@ -46,19 +50,6 @@ def writes(server, user, name):
     run = call(server, "POST", f"/crews/{crew['id']}/runs", user, {"status": "running"})
     call(server, "PATCH", f"/runs/{run['id']}", user, {"status": "succeeded"})
     call(server, "PATCH", f"/crews/{crew['id']}", user, {"is_public": False})
-
-
-def feed_cursors(app, after):
-    from crew7.services.feed import read_feed
-
-    cursors = []
-    with app.app_context():
-        while True:
-            page = read_feed(after, 500)
-            cursors += [event_key(e) for e in page.events]
-            after = page.events[-1]["cursor"] if page.events else after
-            if not page.has_more:
-                return cursors
 
 
 def kill_all(server):
@@ -97,7 +88,7 @@ def test_every_event_arrives_signed_and_in_order_across_failures_and_a_kill(
         server = GunicornServer(env, workers=2, name="after-kill")
         try:
             writes(server, alice, "Later")
-            expected = feed_cursors(app, start)
+            expected = feed_cursors(app, start, page_size=500)
 
             def all_delivered():
                 seen = {c for b in receiver.batches() if b.status == 200 for c in b.cursors}

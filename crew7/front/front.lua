@@ -95,15 +95,18 @@ local function not_modified(etag)
 end
 
 -- The app's answer for a document (crew7/metadata/views.py _document_response); counts
--- the hits and the views of `viewed` (crew ids) first (ngx.exit ends the handler).
+-- the hits and the views of `viewed` (a crew id, or a list of them for a batch) first
+-- (ngx.exit ends the handler).
 -- False: the app must answer instead.
 local function respond(body, family, hits, viewed)
   local etag = '"' .. ngx.md5(body) .. '"'
   local fresh = not_modified(etag)
   if fresh == nil then return false end -- several If-None-Match headers: the app decides
   count_hits(family, hits)
-  if viewed then
+  if type(viewed) == "table" then
     for i = 1, #viewed do count_view(viewed[i], 1) end
+  elseif viewed then
+    count_view(viewed, 1)
   end
   ngx.header["Access-Control-Allow-Origin"] = "*"
   ngx.header["Cache-Control"] = S.cache_control
@@ -146,7 +149,7 @@ local function serve_one(family, key, id)
     end
     return ngx.exec(APP)
   end
-  local viewed = family == "crew" and { id } or nil
+  local viewed = family == "crew" and id or nil -- no table per hit
   if respond(body, family, 1, viewed) == false then return ngx.exec(APP) end
 end
 

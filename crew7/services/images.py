@@ -5,29 +5,25 @@ that is down. An unknown or private id has no image (``NOT_FOUND``), as it has n
 document; the invalidation rules that reach a document reach its image
 (``crew7.invalidation``)."""
 
-import json
-
 from flask import current_app
 
 from crew7.services import cards
 from crew7.services.cache import AGENT_IMAGE, CREW_IMAGE, get_cache_service
-from crew7.services.metadata import render_agent, render_crew
+from crew7.services.metadata import agent_document, crew_document
 
 
 def _card(document, draw, ident):
-    if document is None:
-        return None
-    return draw(json.loads(document), ident).encode()
+    return None if document is None else draw(document, ident).encode()
 
 
 def render_crew_image(crew_id):
     """The crew's card as SVG bytes, or None when it is unknown or private."""
-    return _card(render_crew(crew_id), cards.crew_card, crew_id)
+    return _card(crew_document(crew_id), cards.crew_card, crew_id)
 
 
 def render_agent_image(agent_id):
     """The agent's card as SVG bytes, or None when it or its crew is unknown or private."""
-    return _card(render_agent(agent_id), cards.agent_card, agent_id)
+    return _card(agent_document(agent_id), cards.agent_card, agent_id)
 
 
 def serve_crew_image(crew_id, refresh=False):

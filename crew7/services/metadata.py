@@ -161,12 +161,18 @@ def agent_ids_of_crew(crew_id, session=None):
     return list(session.scalars(select(Agent.id).where(Agent.crew_id == crew_id)))
 
 
-def render_crew(crew_id):
-    """The crew's document as bytes, or None when it is unknown or private."""
+def crew_document(crew_id):
+    """The crew's document, or None when it is unknown or private."""
     crew, stats = _load_public_crew(crew_id)
     if crew is None:
         return None
-    return _encode(build_crew_document(crew, stats, _agent_count(crew_id)))
+    return build_crew_document(crew, stats, _agent_count(crew_id))
+
+
+def render_crew(crew_id):
+    """The crew's document as bytes, or None when it is unknown or private."""
+    document = crew_document(crew_id)
+    return None if document is None else _encode(document)
 
 
 def render_crews(crew_ids):
@@ -238,14 +244,20 @@ def agent_ids_of_crews(crew_ids):
     return out
 
 
-def render_agent(agent_id):
-    """The agent's document as bytes, or None when it or its crew is unknown or private."""
+def agent_document(agent_id):
+    """The agent's document, or None when it or its crew is unknown or private."""
     row = db.session.execute(
         select(Agent, Crew).join(Crew, Agent.crew_id == Crew.id).where(Agent.id == agent_id)
     ).first()
     if row is None or not row[1].is_public:
         return None
-    return _encode(build_agent_document(row[0], row[1]))
+    return build_agent_document(row[0], row[1])
+
+
+def render_agent(agent_id):
+    """The agent's document as bytes, or None when it or its crew is unknown or private."""
+    document = agent_document(agent_id)
+    return None if document is None else _encode(document)
 
 
 def render_crew_agents(crew_id):

@@ -19,6 +19,20 @@ def event_key(event):
     return event["cursor"].rsplit(".", 1)[0]
 
 
+def feed_cursors(app, after=None, page_size=100):
+    """The place (``event_key``) of every feed event after ``after``, read page by page."""
+    from crew7.services.feed import read_feed  # noqa: PLC0415 (needs the app's models)
+
+    cursors = []
+    with app.app_context():
+        while True:
+            page = read_feed(after, page_size)
+            cursors += [event_key(e) for e in page.events]
+            after = page.events[-1]["cursor"] if page.events else after
+            if not page.has_more:
+                return cursors
+
+
 @dataclass
 class Received:
     headers: dict
